@@ -1,0 +1,36 @@
+"""NumPy reference kernels: readable, float64-capable, the ground truth for every other version.
+
+Array signatures (forward returns `(out, cache)`; backward takes `(grad_out, cache)` and returns a
+tuple with one gradient per array input, None where an input was None):
+
+    matmul(a, b)                              a (..., M, K), b (..., K, N) -> (..., M, N)
+    linear(x, w, b)                           x (..., Din), w (Dout, Din), b (Dout,)|None -> (..., Dout)
+    patch_embed(x, w, b)                      x (B, C, H, W), w (D, C, P, P), b (D,) -> (B, Np, D), raster order
+    layernorm(x, w, b, eps)                   over the last axis; w, b (D,)
+    gelu(x)                                   exact erf form: x * Phi(x)
+    softmax(x)                                over the last axis
+    attention(q, k, v, scale)                 q, k, v (B, Hh, N, hd) -> (B, Hh, N, hd)
+    softmax_cross_entropy(logits, labels, label_smoothing)
+                                              logits (B, K), labels int (B,) -> 0-d mean loss;
+                                              backward returns (dlogits,)
+    adamw_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step)
+                                              in place on p, m, v (torch.optim.AdamW semantics);
+                                              no backward
+"""
+from ..registry import register
+from . import attention, dense, loss, normact, optim
+
+_RUN = "NumPy reference"
+register("matmul", "reference", dense.matmul_forward, dense.matmul_backward, description=f"{_RUN}: np.matmul (BLAS)")
+register("linear", "reference", dense.linear_forward, dense.linear_backward, description=f"{_RUN}: x @ w.T + b (BLAS)")
+register("patch_embed", "reference", dense.patch_embed_forward, dense.patch_embed_backward,
+         description=f"{_RUN}: patchify by reshape, then one matmul")
+register("layernorm", "reference", normact.layernorm_forward, normact.layernorm_backward,
+         description=f"{_RUN}: mean/var over the last axis")
+register("gelu", "reference", normact.gelu_forward, normact.gelu_backward, description=f"{_RUN}: x * Phi(x), scipy erf")
+register("softmax", "reference", normact.softmax_forward, normact.softmax_backward, description=f"{_RUN}: max-shifted exp")
+register("attention", "reference", attention.attention_forward, attention.attention_backward,
+         description=f"{_RUN}: materialises the N x N probabilities")
+register("softmax_cross_entropy", "reference", loss.softmax_cross_entropy_forward, loss.softmax_cross_entropy_backward,
+         description=f"{_RUN}: log-softmax, smoothed targets")
+register("adamw_update", "reference", optim.adamw_update, None, description=f"{_RUN}: AdamW in a few array expressions")

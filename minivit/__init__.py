@@ -1,0 +1,21 @@
+"""minivit: a readable, fast Vision Transformer on NumPy with a hand-written autograd core.
+
+    import minivit
+    model = minivit.create_model("vit_cifar_patch4_32")
+    logits = model(images)                     # images: float32 (B, C, H, W)
+    loss = minivit.functional.cross_entropy(logits, labels)
+    loss.backward()
+"""
+from . import functional, nn, optim
+from .autograd import Function, Tensor, enable_grad, is_grad_enabled, no_grad, tensor
+from .models import create_model, list_models, model_config, register_model
+from .random import get_rng_state, manual_seed, set_rng_state
+from .vit import ViT, ViTConfig
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Function", "Tensor", "ViT", "ViTConfig", "create_model", "enable_grad", "functional", "get_rng_state",
+    "is_grad_enabled", "list_models", "manual_seed", "model_config", "nn", "no_grad", "optim", "register_model",
+    "set_rng_state", "tensor",
+]

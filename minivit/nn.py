@@ -1,0 +1,253 @@
+"""Modules: containers of parameters and sub-modules with PyTorch's names and behaviour
+(`parameters()`, `named_parameters()`, `state_dict()`, `load_state_dict()`, `train()`, `eval()`,
+`zero_grad()`), plus the layers a ViT is made of: Linear, LayerNorm, Dropout, DropPath.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import numpy as np
+
+from . import functional as F
+from . import random as mrandom
+from .autograd import Tensor, array_module
+
+
+class Parameter(Tensor):
+    """A Tensor that a Module registers as trainable (requires_grad=True)."""
+
+    __slots__ = ()
+
+    def __init__(self, data, requires_grad=True):
+        super().__init__(data, requires_grad=requires_grad)
+
+    def __repr__(self):
+        return f"Parameter(shape={self.shape}, dtype={self.dtype})"
+
+
+class Module:
+    """Base class: assigning a Parameter or Module to an attribute registers it by name."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        params, modules = self.__dict__.get("_parameters"), self.__dict__.get("_modules")
+        if params is None:
+            raise AttributeError("call Module.__init__() before assigning attributes")
+        params.pop(name, None)
+        modules.pop(name, None)
+        if isinstance(value, Parameter):
+            params[name] = value
+        elif isinstance(value, Module):
+            modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError
+
+    # ---- traversal ------------------------------------------------------------------------
+    def named_modules(self, prefix=""):
+        yield prefix, self
+        for name, module in self._modules.items():
+            yield from module.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self):
+        return (m for _, m in self.named_modules())
+
+    def children(self):
+        return iter(self._modules.values())
+
+    def named_parameters(self, prefix=""):
+        for module_name, module in self.named_modules(prefix):
+            for name, p in module._parameters.items():
+                yield (f"{module_name}.{name}" if module_name else name), p
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def num_parameters(self) -> int:
+        return sum(p.size for p in self.parameters())
+
+    # ---- modes and gradients --------------------------------------------------------------
+    def train(self, mode=True):
+        for m in self.modules():
+            object.__setattr__(m, "training", mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad = None
+
+    def astype(self, dtype):
+        """Cast every parameter to `dtype` in place (e.g. np.float64 for gradient checks)."""
+        for p in self.parameters():
+            p.data = p.data.astype(dtype)
+            p.grad = None
+        return self
+
+    # ---- state dicts ----------------------------------------------------------------------
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """{name: array} with timm's names; the arrays are the live parameter arrays."""
+        return OrderedDict((name, p.data) for name, p in self.named_parameters())
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy arrays into the parameters. Raises KeyError listing missing and unexpected keys
+        (when strict) and ValueError on any shape mismatch, before changing anything."""
+        own = dict(self.named_parameters())
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        if strict and (missing or unexpected):
+            raise KeyError(
+                "state dict does not match the model: "
+                f"missing keys {missing or 'none'}; unexpected keys {unexpected or 'none'}"
+            )
+        mismatched = [
+            f"{k}: checkpoint {tuple(np.shape(v))} vs model {own[k].shape}"
+            for k, v in state_dict.items()
+            if k in own and tuple(np.shape(v)) != own[k].shape
+        ]
+        if mismatched:
+            raise ValueError("shape mismatch in state dict (was it saved from another config?): "
+                             + "; ".join(mismatched))
+        for k, v in state_dict.items():
+            if k in own:
+                p = own[k]
+                p.data = _to_like(v, p.data)
+                p.grad = None
+        return missing, unexpected
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        for name, module in self._modules.items():
+            child = repr(module).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {child}")
+        return lines[0] + ")" if len(lines) == 1 else "\n".join(lines) + "\n)"
+
+    def extra_repr(self):
+        return ""
+
+
+def _to_like(value, like):
+    """`value` as an owned array with `like`'s dtype and device."""
+    value = value.numpy() if hasattr(value, "numpy") and not isinstance(value, np.ndarray) else value
+    if isinstance(like, np.ndarray):
+        return np.array(value, dtype=like.dtype, copy=True)
+    return array_module(like).array(value, dtype=like.dtype, copy=True)
+
+
+class ModuleList(Module):
+    """A list of modules registered under "0", "1", ... (timm's `blocks.{i}` names)."""
+
+    def __init__(self, modules=()):
+        super().__init__()
+        for m in modules:
+            self.append(m)
+
+    def append(self, module):
+        setattr(self, str(len(self._modules)), module)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __getitem__(self, i):
+        return list(self._modules.values())[i]
+
+
+class Identity(Module):
+    def forward(self, x):
+        return x
+
+
+# ---- initialisation -------------------------------------------------------------------------
+
+def trunc_normal(shape, std=0.02, dtype=np.float32):
+    """Normal(0, std) truncated to [-2 std, 2 std], by resampling (as timm's trunc_normal_)."""
+    rng = mrandom.generator()
+    out = rng.standard_normal(shape)
+    bad = np.abs(out) > 2.0
+    while bad.any():
+        out[bad] = rng.standard_normal(int(bad.sum()))
+        bad = np.abs(out) > 2.0
+    return (out * std).astype(dtype)
+
+
+def lecun_normal(shape, fan_in, dtype=np.float32):
+    """Truncated normal with variance 1/fan_in (big_vision's patch-embedding init)."""
+    # 0.8796 corrects the variance lost by truncating at 2 std.
+    return trunc_normal(shape, std=math.sqrt(1.0 / fan_in) / 0.87962566103423978, dtype=dtype)
+
+
+# ---- layers ---------------------------------------------------------------------------------
+
+class Linear(Module):
+    """y = x @ weight.T + bias; weight (out, in) as in PyTorch. Init: trunc normal 0.02, bias 0
+    (timm's ViT init)."""
+
+    def __init__(self, in_features, out_features, bias=True, dtype=np.float32):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = Parameter(trunc_normal((out_features, in_features), dtype=dtype))  # (out, in)
+        self.bias = Parameter(np.zeros(out_features, dtype=dtype)) if bias else None
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self):
+        return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
+
+
+class LayerNorm(Module):
+    def __init__(self, dim, eps=1e-6, dtype=np.float32):
+        super().__init__()
+        self.dim, self.eps = dim, eps
+        self.weight = Parameter(np.ones(dim, dtype=dtype))
+        self.bias = Parameter(np.zeros(dim, dtype=dtype))
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight, self.bias, self.eps)
+
+    def extra_repr(self):
+        return f"{self.dim}, eps={self.eps}"
+
+
+class Dropout(Module):
+    def __init__(self, p=0.0):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must lie in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x):
+        return F.dropout(x, self.p, self.training)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class DropPath(Module):
+    """Stochastic depth per sample on a residual branch."""
+
+    def __init__(self, p=0.0):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"drop-path probability must lie in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x):
+        return F.drop_path(x, self.p, self.training)
+
+    def extra_repr(self):
+        return f"p={self.p}"

@@ -1,0 +1,186 @@
+"""Optimisers and learning-rate schedules with torch.optim's names and behaviour.
+
+    opt = minivit.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    loss.backward(); minivit.optim.clip_grad_norm_(model.parameters(), 1.0); opt.step(); opt.zero_grad()
+
+SGD (momentum, Nesterov), Adam (L2 penalty added to the gradient) and AdamW (decoupled weight
+decay, Loshchilov & Hutter 2019). The AdamW update itself is the `adamw_update` kernel, so the
+Numba version runs it in one fused pass. Schedules: linear warm-up, then cosine or linear decay
+(the paper's fine-tuning and pre-training schedules, Appendix B.1).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+import kernels
+
+from .autograd import device_of
+
+
+class Optimizer:
+    """Holds `param_groups` (list of dicts: "params" and hyper-parameters) and per-parameter
+    `state`, like torch.optim.Optimizer."""
+
+    def __init__(self, params, defaults):
+        params = list(params)
+        if not params:
+            raise ValueError("optimizer got an empty parameter list")
+        groups = params if isinstance(params[0], dict) else [{"params": params}]
+        self.defaults = defaults
+        self.param_groups = [{**defaults, **g, "params": list(g["params"])} for g in groups]
+        self.state: dict[int, dict] = {}  # keyed by the parameter's position across all groups
+
+    def _params(self):
+        i = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                yield i, group, p
+                i += 1
+
+    def zero_grad(self):
+        for _, _, p in self._params():
+            p.grad = None
+
+    def step(self):
+        for i, group, p in self._params():
+            if p.grad is not None:
+                self._update(p, p.grad, self.state.setdefault(i, {}), group)
+
+    def _update(self, p, g, state, group):
+        raise NotImplementedError
+
+    def state_dict(self):
+        """{"param_groups": hyper-parameters (no arrays), "state": {index: {name: array or int}}}."""
+        groups = [{k: v for k, v in g.items() if k != "params"} | {"num_params": len(g["params"])}
+                  for g in self.param_groups]
+        return {"param_groups": groups, "state": {i: dict(s) for i, s in self.state.items()}}
+
+    def load_state_dict(self, state_dict):
+        groups = state_dict["param_groups"]
+        if [g["num_params"] for g in groups] != [len(g["params"]) for g in self.param_groups]:
+            raise ValueError("optimizer state does not match: it was saved for parameter groups of sizes "
+                             f"{[g['num_params'] for g in groups]}, this optimizer has "
+                             f"{[len(g['params']) for g in self.param_groups]}")
+        for group, saved in zip(self.param_groups, groups):
+            group.update({k: v for k, v in saved.items() if k != "num_params"})
+        params = {i: p for i, _, p in self._params()}
+        self.state = {}
+        for i, s in state_dict["state"].items():
+            i = int(i)
+            like = params[i].data
+            self.state[i] = {k: (np.array(v, dtype=like.dtype) if np.ndim(v) else v) for k, v in s.items()}
+
+
+class SGD(Optimizer):
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
+                                      weight_decay=weight_decay, nesterov=nesterov))
+
+    def _update(self, p, g, state, group):
+        if group["weight_decay"]:
+            g = g + group["weight_decay"] * p.data
+        if group["momentum"]:
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = g.copy()
+            else:
+                buf *= group["momentum"]
+                buf += (1.0 - group["dampening"]) * g
+            g = g + group["momentum"] * buf if group["nesterov"] else buf
+        p.data -= group["lr"] * g
+
+
+class AdamW(Optimizer):
+    """Adam with decoupled weight decay: p <- p - lr * (m_hat / (sqrt(v_hat) + eps) + wd * p)."""
+
+    decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        if not 0.0 <= betas[0] < 1.0 or not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"betas must lie in [0, 1), got {betas}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+
+    def _update(self, p, g, state, group):
+        if not state:
+            state.update(step=0, exp_avg=np.zeros_like(p.data), exp_avg_sq=np.zeros_like(p.data))
+        state["step"] += 1
+        wd = group["weight_decay"]
+        if not self.decoupled and wd:
+            g = g + wd * p.data  # Adam's L2 penalty goes through the moments
+            wd = 0.0
+        beta1, beta2 = group["betas"]
+        kernels.get("adamw_update", device_of(p.data)).forward(
+            p.data, g, state["exp_avg"], state["exp_avg_sq"], lr=group["lr"], beta1=beta1, beta2=beta2,
+            eps=group["eps"], weight_decay=wd, step=state["step"])
+
+
+class Adam(AdamW):
+    """Adam (Kingma & Ba 2015); weight_decay adds an L2 penalty to the gradient, as in torch."""
+
+    decoupled = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+def clip_grad_norm_(parameters, max_norm: float) -> float:
+    """Scale all gradients together so that their global L2 norm is at most max_norm; returns the
+    norm before clipping (as torch.nn.utils.clip_grad_norm_)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return 0.0
+    total = math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads))
+    scale = max_norm / (total + 1e-6)
+    if scale < 1.0:
+        for g in grads:
+            g *= g.dtype.type(scale)
+    return total
+
+
+def lr_at(step, base_lr, total_steps, warmup_steps=0, schedule="cosine", min_lr=0.0):
+    """Learning rate at `step` (0-based): linear warm-up from 0 over `warmup_steps`, then
+    "cosine" or "linear" decay to `min_lr` at `total_steps`, or "constant"."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return base_lr
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if schedule == "cosine":
+        return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+    if schedule == "linear":
+        return base_lr + (min_lr - base_lr) * progress
+    raise ValueError(f"schedule must be 'cosine', 'linear' or 'constant', got {schedule!r}")
+
+
+class WarmupSchedule:
+    """Sets every group's lr from `lr_at` each `step()`; its only state is the step count."""
+
+    def __init__(self, optimizer, total_steps, warmup_steps=0, schedule="cosine", min_lr=0.0):
+        self.optimizer, self.total_steps, self.warmup_steps = optimizer, total_steps, warmup_steps
+        self.schedule, self.min_lr = schedule, min_lr
+        self.base_lrs = [g["lr"] for g in optimizer.param_groups]
+        self.last_step = 0
+        self._apply()
+
+    def _apply(self):
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = lr_at(self.last_step, base, self.total_steps, self.warmup_steps, self.schedule,
+                                self.min_lr * base / self.base_lrs[0] if self.base_lrs[0] else self.min_lr)
+
+    def step(self):
+        self.last_step += 1
+        self._apply()
+
+    def get_last_lr(self):
+        return [g["lr"] for g in self.optimizer.param_groups]
+
+    def state_dict(self):
+        return {"last_step": self.last_step, "base_lrs": list(self.base_lrs)}
+
+    def load_state_dict(self, state):
+        self.last_step, self.base_lrs = int(state["last_step"]), list(state["base_lrs"])
+        self._apply()
