@@ -1,0 +1,58 @@
+"""minivit.data: datasets as uint8 arrays in memory, and a deterministic batch loader.
+
+    ds = load_dataset("cifar10", root=None, split="train")      # Dataset: images (N, H, W, C) uint8
+    train, val = split_train_val(ds, val_size=5000, seed=0)
+    mean, std = DATASET_STATS["cifar10"]
+    loader = DataLoader(train, batch_size=128, mean=mean, std=std, seed=0)
+    for x, y in loader.epoch(epoch, start=0): ...               # x (B, C, H, W) float32, y (B,) int64
+
+Datasets: "cifar10" (official python batches, an image-folder copy, or a checked download),
+"folder" (any root/<split>/<class>/* tree), "fashion_mnist" (IDX files) and "procedural"
+(shapes generated in code; no files needed). Imports only numpy, pillow, tqdm and the stdlib.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .cache import DataNotFoundError, cache_home, data_home
+from .cifar import load_cifar10
+from .folder import load_folder
+from .idx import load_fashion_mnist
+from .loader import DataLoader, Dataset, split_train_val, stats_for
+from .procedural import make_procedural
+from .transforms import DATASET_STATS, compute_stats, normalize, random_crop_flip
+
+DATASETS = ("cifar10", "procedural", "folder", "fashion_mnist")
+
+
+def load_dataset(name: str, root=None, split: str = "train", download: bool = True,
+                 num_samples: int | None = None, seed: int = 0, cache_dir=None,
+                 **kwargs) -> Dataset:
+    """Load dataset `name` ("cifar10" | "procedural" | "folder" | "fashion_mnist") as a Dataset.
+
+    num_samples: procedural generates that many; the others keep a random subset of that size
+    (chosen with `seed`, original order kept). cache_dir: where decoded image folders are cached.
+    kwargs go to the procedural generator (e.g. num_classes).
+    """
+    if name == "procedural":
+        return make_procedural(split, num_samples, seed, **kwargs)
+    if name == "cifar10":
+        ds = load_cifar10(root, split, download, cache_dir)
+    elif name == "folder":
+        if root is None:
+            raise ValueError("load_dataset('folder') needs root=<folder with <split>/<class>/ images>")
+        ds = load_folder(root, split, cache_dir=cache_dir)
+    elif name == "fashion_mnist":
+        ds = load_fashion_mnist(root, split)
+    else:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if num_samples is not None and num_samples < len(ds):
+        idx = np.sort(np.random.default_rng([seed, 777]).choice(len(ds), num_samples, replace=False))
+        ds = ds.subset(idx)
+    return ds
+
+
+__all__ = ["load_dataset", "split_train_val", "DataLoader", "Dataset", "DATASET_STATS",
+           "DataNotFoundError", "DATASETS", "compute_stats", "stats_for", "normalize",
+           "random_crop_flip", "data_home", "cache_home", "load_cifar10", "load_folder",
+           "load_fashion_mnist", "make_procedural"]

@@ -1,0 +1,188 @@
+"""In-memory datasets, train/val splits, and a deterministic, resumable, prefetching batch loader.
+
+B=batch, H/W=image size, C=channels, N=images.
+
+Determinism: `DataLoader.epoch(e, start)` draws the shuffle order from `default_rng([seed, e, 1])`
+and each batch's augmentation from `default_rng([seed, e, 2, b])`, so batch b of epoch e is the
+same whether the epoch runs from 0 or is resumed at `start=b` (how `--resume` reproduces a run).
+(The tags 1 and 2 keep the streams apart: SeedSequence treats trailing zeros as absent, so
+`[seed, e]` and `[seed, e, 0]` would be one and the same stream.)
+
+Prefetch: a daemon thread builds up to `prefetch` batches ahead into a bounded queue; errors in it
+re-raise in the consumer, and leaving the loop early sets a stop event so the thread exits.
+"""
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .transforms import DATASET_STATS, compute_stats, normalize, random_crop_flip
+
+
+@dataclass
+class Dataset:
+    """Images uint8 (N, H, W, C), labels int64 (N,), class names, and the dataset's name."""
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+    name: str = "dataset"
+    meta: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        if self.images.dtype != np.uint8 or self.images.ndim != 4:
+            raise ValueError(f"images must be uint8 (N, H, W, C), not {self.images.dtype} {self.images.shape}")
+        if self.labels.shape != (len(self.images),):
+            raise ValueError(f"labels {self.labels.shape} do not match {len(self.images)} images")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __repr__(self) -> str:
+        return (f"Dataset(name={self.name!r}, images={self.images.shape}, "
+                f"classes={len(self.classes)})")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def subset(self, indices) -> "Dataset":
+        """A new Dataset of the given indices (copies the selected images)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return Dataset(self.images[idx], self.labels[idx], list(self.classes), self.name, dict(self.meta))
+
+
+def split_train_val(ds: Dataset, val_size: int | float = 5000, seed: int = 0,
+                    stratify: bool = True) -> tuple[Dataset, Dataset]:
+    """Deterministic train/val split; `val_size` is a count or a fraction in (0, 1).
+
+    Stratified: each class gives its share of the validation set (largest-remainder rounding),
+    chosen at random within the class. Both parts keep the original image order.
+    """
+    n = len(ds)
+    n_val = int(round(val_size * n)) if isinstance(val_size, float) else int(val_size)
+    if not 0 <= n_val < n:
+        raise ValueError(f"val_size={val_size} must give between 0 and {n - 1} images of {n}")
+    rng = np.random.default_rng([seed, 12345])
+    perm = rng.permutation(n)
+    if not stratify:
+        val = perm[:n_val]
+    else:
+        by_class = perm[np.argsort(ds.labels[perm], kind="stable")]  # classes grouped, random within
+        classes, starts, counts = np.unique(ds.labels[by_class], return_index=True, return_counts=True)
+        share = n_val * counts / n
+        take = np.floor(share).astype(np.int64)
+        extra = np.argsort(-(share - take), kind="stable")[: n_val - take.sum()]
+        take[extra] += 1
+        val = np.concatenate([by_class[s:s + t] for s, t in zip(starts, take)])
+    is_val = np.zeros(n, bool)
+    is_val[val] = True
+    return ds.subset(np.flatnonzero(~is_val)), ds.subset(np.flatnonzero(is_val))
+
+
+def stats_for(ds: Dataset):
+    """(mean, std) for normalising `ds`: the published table if known, else measured on ds."""
+    if ds.name in DATASET_STATS and len(DATASET_STATS[ds.name][0]) == ds.images.shape[-1]:
+        return DATASET_STATS[ds.name]
+    return compute_stats(ds.images)
+
+
+_DONE = object()
+
+
+class DataLoader:
+    """Batches of (x float32 (B, C, H, W) normalised, y int64 (B,)), deterministic in (seed, epoch).
+
+    For evaluation use shuffle=False, augment=False, drop_last=False.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int = 128, shuffle: bool = True,
+                 augment: bool = True, mean=None, std=None, seed: int = 0,
+                 drop_last: bool = True, prefetch: int = 2, pad: int = 4):
+        if mean is None or std is None:
+            m, s = stats_for(dataset)
+            mean = m if mean is None else mean
+            std = s if std is None else std
+        self.dataset, self.batch_size = dataset, int(batch_size)
+        self.shuffle, self.augment, self.drop_last = shuffle, augment, drop_last
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.seed, self.prefetch, self.pad = seed, int(prefetch), int(pad)
+        self._next_epoch = 0
+
+    def __len__(self) -> int:
+        n, b = len(self.dataset), self.batch_size
+        return n // b if self.drop_last else math.ceil(n / b)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The image order of an epoch: a permutation from default_rng([seed, epoch, 1]) if shuffling."""
+        n = len(self.dataset)
+        return np.random.default_rng([self.seed, epoch, 1]).permutation(n) if self.shuffle else np.arange(n)
+
+    def batch(self, epoch: int, b: int, order: np.ndarray | None = None):
+        """Batch b of an epoch, built from nothing but (seed, epoch, b)."""
+        order = self.order(epoch) if order is None else order
+        idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+        x = self.dataset.images[idx]                                  # (B, H, W, C) uint8
+        if self.augment:
+            x = random_crop_flip(x, np.random.default_rng([self.seed, epoch, 2, b]), self.pad)
+        return normalize(x, self.mean, self.std), self.dataset.labels[idx]
+
+    def epoch(self, epoch: int, start: int = 0):
+        """Yield the batches start, start+1, ... of `epoch`."""
+        order = self.order(epoch)
+        batches = range(start, len(self))
+        if self.prefetch <= 0:
+            for b in batches:
+                yield self.batch(epoch, b, order)
+            return
+        yield from self._prefetched(epoch, batches, order)
+
+    def __iter__(self):
+        """Iterate the next epoch (0, 1, 2, ... on successive calls)."""
+        self._next_epoch += 1
+        return self.epoch(self._next_epoch - 1)
+
+    def _prefetched(self, epoch, batches, order):
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+
+        def put(item) -> bool:
+            while not stop.is_set():  # a timeout loop, so a consumer that left never blocks us
+                try:
+                    q.put(item, timeout=0.05)
+                    return True
+                except queue.Full:
+                    pass
+            return False
+
+        def work():
+            try:
+                for b in batches:
+                    if not put(self.batch(epoch, b, order)):
+                        return
+                put(_DONE)
+            except BaseException as e:  # handed to the consumer, which re-raises it
+                put(e)
+
+        thread = threading.Thread(target=work, name="minivit-prefetch", daemon=True)
+        thread.start()
+        try:
+            while True:
+                try:
+                    item = q.get(timeout=0.1)
+                except queue.Empty:
+                    if not thread.is_alive() and q.empty():
+                        raise RuntimeError("prefetch thread exited without finishing the epoch")
+                    continue
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:  # runs on normal end, on error, and on break (generator close)
+            stop.set()
+            thread.join(timeout=5.0)
