@@ -26,15 +26,21 @@ class KernelOp(Function):
 
     @classmethod
     def forward(cls, ctx, *arrays, **params):
-        xp = array_module(arrays[0])
-        arrays = [xp.ascontiguousarray(a) if a is not None and a.dtype.kind == "f" else a for a in arrays]
+        arrays = [_contiguous(a) if a is not None and a.dtype.kind == "f" else a for a in arrays]
         ctx.impl = kernels.get(cls.op, device_of(arrays[0]))
         out, ctx.cache = ctx.impl.forward(*arrays, **params)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        return ctx.impl.backward(array_module(grad).ascontiguousarray(grad), ctx.cache)
+        return ctx.impl.backward(_contiguous(grad), ctx.cache)
+
+
+def _contiguous(a):
+    """Kernels take C-contiguous arrays (Numba compiles one version per memory layout)."""
+    if a.ndim == 0 or a.flags.c_contiguous:  # ascontiguousarray would turn 0-d into 1-d
+        return a
+    return array_module(a).ascontiguousarray(a)
 
 
 class Linear(KernelOp):

@@ -39,10 +39,11 @@ def matmul_backward(grad, cache):
 
 
 def linear_forward(x, w, b):
-    y = x @ w.T  # (..., Dout)
+    # One 2-D product over all rows: a 3-D `x @ w.T` would run one small GEMM per batch entry.
+    y = x.reshape(-1, x.shape[-1]) @ w.T  # (M, Dout)
     if b is not None:
         y += b
-    return y, (x, w, b is not None)
+    return y.reshape(*x.shape[:-1], w.shape[0]), (x, w, b is not None)
 
 
 def linear_backward(grad, cache):

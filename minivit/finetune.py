@@ -1,0 +1,57 @@
+"""Fine-tuning helpers (ViT paper Section 3.2): start from a trained checkpoint, replace the head
+with a zero-initialised D x K layer for the new classes, drop the pre-logits layer, and at a
+higher resolution 2D-interpolate the learned position embeddings over the new patch grid
+(the class token's embedding is kept as it is).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import posemb
+from .checkpoint import CheckpointError, load_checkpoint
+
+
+def resize_pos_embed(pos_embed, old_grid, new_grid, num_prefix_tokens):
+    """(1, prefix + gh*gw, D) -> (1, prefix + gh'*gw', D) by bilinear interpolation of the grid part."""
+    if tuple(old_grid) == tuple(new_grid):
+        return pos_embed
+    prefix, grid = pos_embed[0, :num_prefix_tokens], pos_embed[0, num_prefix_tokens:]
+    resized = posemb.interpolate_grid(grid, old_grid, new_grid)
+    return np.concatenate([prefix, resized], axis=0)[None]
+
+
+def adapt_state_dict(state, saved_config, model):
+    """Make a checkpoint's weights fit `model`: new head, no pre-logits, resized position
+    embeddings. Returns the adapted dict and a list of what was changed."""
+    cfg = model.config
+    own = model.state_dict()
+    state, notes = dict(state), []
+    for key in [k for k in state if k.startswith("head.") or k.startswith("pre_logits.")]:
+        if key not in own or own[key].shape != state[key].shape:
+            del state[key]
+            notes.append(f"dropped {key} (new head or no pre-logits layer)")
+    old_grid = (saved_config["img_size"] // saved_config["patch_size"],) * 2
+    for key in [k for k in state if k == "pos_embed" or k.endswith(".pos_embed")]:
+        if key in own and state[key].shape != own[key].shape:
+            if saved_config["patch_size"] != cfg.patch_size:
+                raise CheckpointError(f"cannot fine-tune across patch sizes ({saved_config['patch_size']} -> "
+                                      f"{cfg.patch_size}): the patch projection would not fit")
+            state[key] = resize_pos_embed(state[key], old_grid, model.grid_size, model.num_prefix_tokens)
+            notes.append(f"interpolated {key} from a {old_grid[0]}x{old_grid[1]} to a "
+                         f"{model.grid_size[0]}x{model.grid_size[1]} patch grid")
+    for key in [k for k in own if k.startswith("head.") or k.startswith("pre_logits.")]:
+        state.setdefault(key, own[key])  # keep the model's zero-initialised head
+    return state, notes
+
+
+def init_from_checkpoint(model, path):
+    """Load a checkpoint's weights into a (possibly differently sized) model for fine-tuning."""
+    ckpt = load_checkpoint(path)
+    state, notes = adapt_state_dict(ckpt["model"], ckpt["meta"]["config"], model)
+    try:
+        model.load_state_dict(state)
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"cannot initialise from {ckpt['path']}: {e}") from e
+    for note in notes:
+        print(f"init-from: {note}")
+    return notes
