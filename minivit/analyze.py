@@ -83,8 +83,11 @@ def analyze(model, images, out_dir, num_images=8, distance_images=256, batch_siz
 
     # Fig. 7 centre: position-embedding similarity. pos_embed may or may not hold prefix rows
     # (timm's no_embed_class), so the prefix count is read off its length.
-    if "pos_embed" in sd:
-        pe = np.asarray(sd["pos_embed"]).reshape(-1, np.shape(sd["pos_embed"])[-1])   # (T, D)
+    # Prefer the model's own input embedding (2D-learned and sin-cos ones are not "pos_embed").
+    pos = model.position_embedding() if hasattr(model, "position_embedding") else sd.get("pos_embed")
+    pos = getattr(pos, "data", pos)
+    if pos is not None:
+        pe = np.asarray(pos).reshape(-1, np.shape(pos)[-1])   # (T, D)
         sim = analysis.position_embedding_similarity(pe, grid, pe.shape[0] - grid[0] * grid[1])
         paths["position_similarity"] = plots.plot_position_similarity(
             sim, os.path.join(out_dir, "position_similarity.png"))

@@ -273,6 +273,35 @@ def cmd_recipes(args):
     return 0
 
 
+def cmd_sweep(args):
+    from .sweep import parse_grid, run_sweep
+
+    if not args.out:
+        raise SystemExit("minivit sweep needs --out DIR (the folder for its runs and tables)")
+    if args.resume:
+        raise SystemExit("a sweep resumes by itself: run the same command again to skip finished points")
+    args.out, out = None, args.out
+    cfg = train_config_from_args(args)
+    rows = run_sweep(cfg, parse_grid(args.grid), out)
+    print((Path(out) / "results.md").read_text() if rows else "no results")
+    return 0
+
+
+def cmd_bench(args):
+    import json as _json
+
+    from .benchmark import bench_models, plot_bench
+
+    names = args.models.split(",")
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rows = bench_models(names, sizes, args.batch_size, args.budget_gib)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "bench.json").write_text(_json.dumps(rows, indent=1))
+        print("plot:", plot_bench(rows, Path(args.out) / "bench.png"))
+    return 0
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="minivit", description="A readable, fast Vision Transformer on NumPy.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -318,6 +347,20 @@ def build_parser():
     f.add_argument("--data-dir")
     f.add_argument("--test-images", type=int, default=2000)
     f.set_defaults(func=cmd_fewshot)
+
+    s = sub.add_parser("sweep", help="train a grid of model options and tabulate the results")
+    _add_train_args(s)
+    s.add_argument("--grid", nargs="+", required=True, help="key=v1,v2 ... (ViT or training options)")
+    s.set_defaults(func=cmd_sweep)
+
+    b = sub.add_parser("bench", help="empirical compute cost: throughput and memory vs resolution")
+    b.add_argument("what", choices=["model"])
+    b.add_argument("--models", default="vit_tiny_patch16_224,vit_small_patch16_224,vit_tiny_patch32_224")
+    b.add_argument("--sizes", default="64,128,224")
+    b.add_argument("--batch-size", type=int, default=8)
+    b.add_argument("--budget-gib", type=float, default=1.0)
+    b.add_argument("--out")
+    b.set_defaults(func=cmd_bench)
 
     k = sub.add_parser("kernels", help="list kernel implementations")
     k.add_argument("op", nargs="?")
