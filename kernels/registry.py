@@ -126,13 +126,14 @@ def get(op: str, device: str = "cpu") -> Impl:
 def _select(choices: dict[str, str]) -> dict[tuple[str, str], str | None]:
     """Apply choices; return the previous selection of every touched (op, device)."""
     _load_all()
-    previous = {}
-    for op, name in choices.items():
+    for op, name in choices.items():  # validate all before applying any
         if op not in _TABLE:
             raise ValueError(f"unknown op {op!r}; known ops: {', '.join(OPS)}")
         if name not in _TABLE[op]:
             names = ", ".join(sorted(_TABLE[op])) or "none"
             raise ValueError(f"no implementation {name!r} of {op!r}; available: {names}")
+    previous = {}
+    for op, name in choices.items():
         key = (op, _TABLE[op][name].device)
         previous.setdefault(key, _SELECTED.get(key))
         _SELECTED[key] = name
@@ -165,4 +166,5 @@ def reset():
 
 def selection(device: str = "cpu") -> dict[str, str]:
     """{op: name} of what runs now on `device`."""
+    _load_all()
     return {op: get(op, device).name for op in OPS if any(i.device == device for i in _TABLE[op].values())}

@@ -119,6 +119,8 @@ class Tensor:
             data = data.data
         if dtype is not None:
             data = data.astype(dtype) if _is_array(data) else np.asarray(data, dtype=dtype)
+        elif isinstance(data, np.generic):  # a NumPy scalar (0-d result) keeps its dtype
+            data = np.asarray(data)
         elif not _is_array(data):
             data = np.asarray(data)
             if data.dtype == np.float64:  # Python floats default to float32, as in PyTorch
@@ -153,7 +155,8 @@ class Tensor:
         return Tensor(self.data)
 
     def astype(self, dtype):
-        return Tensor(self.data.astype(dtype), requires_grad=self.requires_grad)
+        """A differentiable cast: the gradient flows back cast to this tensor's dtype."""
+        return Cast.apply(self, dtype=np.dtype(dtype))
 
     # ---- backward -------------------------------------------------------------------------
     def backward(self, grad=None):
@@ -177,8 +180,11 @@ class Tensor:
                 else:
                     node.grad = node.grad + g
                 continue
+            if node._node is _FREED:
+                raise RuntimeError("backward() through a graph that was already freed by an earlier "
+                                   "backward(); recompute the forward pass")
             backward, ctx, inputs = node._node
-            node._node = None  # free the graph (and its saved arrays) as we go
+            node._node = _FREED  # free the graph (and its saved arrays) as we go
             in_grads = backward(ctx, g)
             if not isinstance(in_grads, tuple):
                 in_grads = (in_grads,)
@@ -265,6 +271,9 @@ class Tensor:
     @property
     def T(self):
         return self.transpose()
+
+
+_FREED = (None, None, ())  # the node of a tensor whose graph backward() has consumed
 
 
 def _topological_order(root):
@@ -435,8 +444,8 @@ class Reshape(Function):
 class Transpose(Function):
     @staticmethod
     def forward(ctx, a, axes=None):
-        ctx.axes = axes
-        return a.transpose(axes)
+        ctx.axes = None if axes is None else tuple(ax % a.ndim for ax in axes)  # argsort needs them >= 0
+        return a.transpose(ctx.axes)
 
     @staticmethod
     def backward(ctx, grad):
@@ -515,6 +524,17 @@ def stack(tensors, axis=0) -> Tensor:
 def _insert_axis(shape, axis):
     axis = axis % (len(shape) + 1)
     return tuple(shape[:axis]) + (1,) + tuple(shape[axis:])
+
+
+class Cast(Function):
+    @staticmethod
+    def forward(ctx, a, dtype):
+        ctx.dtype = a.dtype
+        return a.astype(dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.astype(ctx.dtype)
 
 
 class BroadcastTo(Function):

@@ -133,7 +133,10 @@ def cross_entropy(logits, labels, label_smoothing=0.0) -> Tensor:
     label smoothing; the same function as torch.nn.functional.cross_entropy."""
     labels = labels.data if isinstance(labels, Tensor) else labels
     xp = array_module(logits.data if isinstance(logits, Tensor) else logits)
-    labels = xp.asarray(labels).astype(np.int64, copy=False)
+    labels = xp.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    labels = labels.astype(np.int64, copy=False)
     if labels.ndim != 1 or labels.shape[0] != logits.shape[0]:
         raise ValueError(f"labels should have shape ({logits.shape[0]},) to match logits {tuple(logits.shape)}, "
                          f"got {tuple(labels.shape)}")
@@ -172,6 +175,8 @@ def dropout(x, p=0.0, training=True) -> Tensor:
 def drop_path(x, p=0.0, training=True) -> Tensor:
     """Stochastic depth (Huang et al. 2016): drop a residual branch for a whole sample.
     x (B, ...) -> the mask is (B, 1, ..., 1)."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"drop-path probability must lie in [0, 1), got {p}")
     if not training or p == 0.0:
         return x
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)

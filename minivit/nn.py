@@ -174,7 +174,8 @@ class Identity(Module):
 # ---- initialisation -------------------------------------------------------------------------
 
 def trunc_normal(shape, std=0.02, dtype=np.float32):
-    """Normal(0, std) truncated to [-2 std, 2 std], by resampling (as timm's trunc_normal_)."""
+    """Normal(0, std) truncated to [-2 std, 2 std] by resampling (the truncation of JAX's
+    initializers; timm's trunc_normal_ cuts at +-2 absolute, i.e. hardly at all for std 0.02)."""
     rng = mrandom.generator()
     out = rng.standard_normal(shape)
     bad = np.abs(out) > 2.0

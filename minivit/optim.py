@@ -141,9 +141,14 @@ def clip_grad_norm_(parameters, max_norm: float) -> float:
     return total
 
 
+SCHEDULES = ("cosine", "linear", "constant")
+
+
 def lr_at(step, base_lr, total_steps, warmup_steps=0, schedule="cosine", min_lr=0.0):
     """Learning rate at `step` (0-based): linear warm-up from 0 over `warmup_steps`, then
     "cosine" or "linear" decay to `min_lr` at `total_steps`, or "constant"."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     if step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
     if schedule == "constant":
@@ -151,15 +156,15 @@ def lr_at(step, base_lr, total_steps, warmup_steps=0, schedule="cosine", min_lr=
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     if schedule == "cosine":
         return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
-    if schedule == "linear":
-        return base_lr + (min_lr - base_lr) * progress
-    raise ValueError(f"schedule must be 'cosine', 'linear' or 'constant', got {schedule!r}")
+    return base_lr + (min_lr - base_lr) * progress  # "linear"
 
 
 class WarmupSchedule:
     """Sets every group's lr from `lr_at` each `step()`; its only state is the step count."""
 
     def __init__(self, optimizer, total_steps, warmup_steps=0, schedule="cosine", min_lr=0.0):
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
         self.optimizer, self.total_steps, self.warmup_steps = optimizer, total_steps, warmup_steps
         self.schedule, self.min_lr = schedule, min_lr
         self.base_lrs = [g["lr"] for g in optimizer.param_groups]

@@ -48,6 +48,8 @@ class ViTConfig:
             if len(set(self.img_size)) != 1:
                 raise ValueError(f"only square images are supported, got img_size={tuple(self.img_size)}")
             self.img_size = int(self.img_size[0])
+        if min(self.img_size, self.patch_size, self.in_chans, self.embed_dim, self.depth, self.num_heads) <= 0:
+            raise ValueError("img_size, patch_size, in_chans, embed_dim, depth and num_heads must be positive")
         checks = [
             (self.img_size % self.patch_size == 0,
              f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}"),
@@ -59,8 +61,6 @@ class ViTConfig:
             (self.pos_embed_at in POS_EMBED_AT, f"pos_embed_at must be one of {POS_EMBED_AT}, got {self.pos_embed_at!r}"),
             (self.pos_embed_at == "input" or self.pos_embed == "learn",
              "pos_embed_at other than 'input' needs pos_embed='learn'"),
-            (min(self.img_size, self.patch_size, self.in_chans, self.embed_dim, self.depth, self.num_heads) > 0,
-             "sizes must be positive"),
         ]
         for ok, message in checks:
             if not ok:
@@ -236,11 +236,11 @@ class ViT(nn.Module):
 
     # ---- pieces of the forward pass -----------------------------------------------------------
     def position_embedding(self):
-        """The embedding added to the tokens at the input, (1, T, D), as a Tensor or array; None
-        when there is none (no embedding, relative, or per-block)."""
+        """The model's absolute position embedding (1, T, D) as a Tensor or array (for the
+        per-block variant, the first block's); None for no embedding or relative attention."""
         cfg = self.config
-        if cfg.pos_embed == "learn" and cfg.pos_embed_at != "every_block":
-            return self.pos_embed
+        if cfg.pos_embed == "learn":
+            return self.blocks[0].pos_embed if cfg.pos_embed_at == "every_block" else self.pos_embed
         if cfg.pos_embed == "sincos":
             return self._fixed_pos_embed
         if cfg.pos_embed == "learn_2d":
@@ -276,7 +276,7 @@ class ViT(nn.Module):
         if self.config.class_token:
             cls = broadcast_to(self.cls_token, (B, 1, self.config.embed_dim))  # (B, 1, D)
             x = concatenate([cls, x], axis=1)  # (B, T, D)
-        pos = self.position_embedding()
+        pos = self.position_embedding() if self.config.pos_embed_at == "input" else None
         if pos is not None:
             x = x + pos
         return self.pos_drop(x)
@@ -329,6 +329,14 @@ class ViT(nn.Module):
             out["pre_logits"] = pre.numpy()
             out["logits"] = (self.head(pre)).numpy()
         return out
+
+    def astype(self, dtype):
+        """Cast parameters, inputs and the fixed sin-cos table to `dtype` (e.g. float64)."""
+        super().astype(dtype)
+        self.dtype = np.dtype(dtype)
+        if hasattr(self, "_fixed_pos_embed"):
+            self._fixed_pos_embed = self._fixed_pos_embed.astype(dtype)
+        return self
 
     def reset_classifier(self, num_classes):
         """A new zero-initialised D x K head for fine-tuning (the pre-logits layer is dropped)."""

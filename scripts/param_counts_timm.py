@@ -50,10 +50,12 @@ def variants() -> dict:
             embed_dim=dim, depth=depth, num_heads=heads)
     out["vit_cifar_patch4_32"] = dict(
         img_size=32, patch_size=4, num_classes=10, embed_dim=192, depth=6, num_heads=3)
+    out["vit_demo_patch4_32"] = dict(
+        img_size=32, patch_size=4, num_classes=10, embed_dim=96, depth=4, num_heads=3, mlp_ratio=2.0)
     out["vit_testing"] = dict(
         img_size=32, patch_size=8, num_classes=10, embed_dim=32, depth=2, num_heads=2)
-    for kw in out.values():
-        kw.update(in_chans=3, mlp_ratio=4.0, qkv_bias=True, class_token=True, global_pool="token")
+    for name, kw in out.items():
+        out[name] = {**dict(in_chans=3, mlp_ratio=4.0, qkv_bias=True, class_token=True, global_pool="token"), **kw}
     return out
 
 
