@@ -53,6 +53,7 @@ def save_checkpoint(path, model, optimizer=None, **meta) -> Path:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -70,7 +71,10 @@ def load_checkpoint(path) -> dict:
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):  # a .npy file: one bare array
+            raise CheckpointError(f"{path} is not a minivit checkpoint (a single array, not an archive)")
+        with archive:
             if "meta.json" not in archive.files:
                 raise CheckpointError(f"{path} is not a minivit checkpoint (no meta.json entry)")
             meta = json.loads(archive["meta.json"].tobytes().decode())
@@ -85,8 +89,11 @@ def load_checkpoint(path) -> dict:
         raise
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError, UnicodeDecodeError) as e:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e})") from e
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a minivit checkpoint (format tag {meta.get('format')!r})")
+    tag = meta.get("format") if isinstance(meta, dict) else None
+    if tag != FORMAT:
+        raise CheckpointError(f"{path} is not a minivit checkpoint (format tag {tag!r})")
+    if not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"{path} holds no model config")
     if meta.get("version", 0) > VERSION:
         raise CheckpointError(f"{path} was written by a newer minivit (format version {meta['version']})")
     return {"meta": meta, "model": model, "optim": optim, "path": path}
@@ -124,6 +131,21 @@ def load_weights(model, ckpt):
         diff = {k: (saved.get(k), v) for k, v in model.config.to_dict().items() if saved.get(k) != v}
         detail = f"; config differences (checkpoint, model): {diff}" if diff else ""
         raise CheckpointError(f"checkpoint {ckpt['path']} does not fit this model: {e}{detail}") from e
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def normalization(ckpt):
+    """(mean, std) the checkpoint's model was trained with; CheckpointError when absent."""
+    norm = ckpt["meta"].get("normalization")
+    if not norm:
+        raise CheckpointError(f"{ckpt['path']} holds no input normalisation (it was not written by "
+                              "`minivit train`); cannot prepare images for it")
+    return norm["mean"], norm["std"]
 
 
 def _host(a):

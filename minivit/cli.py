@@ -72,6 +72,7 @@ def train_config_from_args(args):
         if not saved.exists():
             raise SystemExit(f"--resume: {saved} not found; is {args.out} a run folder?")
         values.update(json.loads(saved.read_text())["train"])
+        values["max_steps"] = None  # a stop point applies to the run that set it, unless given again
     model_kwargs = dict(values.get("model_kwargs") or {})
     for name in _MODEL_FLAGS:
         value = getattr(args, name)
@@ -124,25 +125,25 @@ def cmd_train(args):
 
 
 def _load_for_inference(path):
-    from .checkpoint import model_from_checkpoint
+    """(model in eval mode, checkpoint meta, (mean, std) of its input normalisation)."""
+    from .checkpoint import model_from_checkpoint, normalization
 
     model, ckpt = model_from_checkpoint(path)
     model.eval()
-    return model, ckpt["meta"]
+    return model, ckpt["meta"], normalization(ckpt)
 
 
 def cmd_eval(args):
     from . import data as mdata
     from .train import evaluate
 
-    model, meta = _load_for_inference(args.checkpoint)
+    model, meta, (mean, std) = _load_for_inference(args.checkpoint)
     train_cfg = meta.get("train_config", {})
     dataset = args.dataset or train_cfg.get("dataset", "cifar10")
     data_dir = args.data_dir or train_cfg.get("data_dir")
     ds = mdata.load_dataset(dataset, data_dir, args.split, seed=train_cfg.get("seed", 0))
-    norm = meta["normalization"]
     loader = mdata.DataLoader(ds, args.batch_size, shuffle=False, augment=False, drop_last=False,
-                              mean=norm["mean"], std=norm["std"])
+                              mean=mean, std=std)
     start = time.perf_counter()
     loss, acc = evaluate(model, loader)
     rate = len(ds) / (time.perf_counter() - start)
@@ -169,10 +170,10 @@ def cmd_predict(args):
     from .data import normalize
     from .functional import softmax
 
-    model, meta = _load_for_inference(args.checkpoint)
+    model, meta, (mean, std) = _load_for_inference(args.checkpoint)
     cfg = model.config
     images = np.stack([load_image(p, cfg.img_size, cfg.in_chans) for p in args.images])
-    x = normalize(images, meta["normalization"]["mean"], meta["normalization"]["std"])
+    x = normalize(images, mean, std)
     from .autograd import no_grad
 
     with no_grad():
@@ -213,13 +214,12 @@ def cmd_analyze(args):
     from . import data as mdata
     from .analyze import analyze
 
-    model, meta = _load_for_inference(args.checkpoint)
+    model, meta, (mean, std) = _load_for_inference(args.checkpoint)
     train_cfg = meta.get("train_config", {})
     ds = mdata.load_dataset(train_cfg.get("dataset", "cifar10"), args.data_dir or train_cfg.get("data_dir"),
                             "test", seed=0)
     ds = ds.subset(np.arange(min(len(ds), args.images)))
-    norm = meta["normalization"]
-    x = mdata.normalize(ds.images, norm["mean"], norm["std"])
+    x = mdata.normalize(ds.images, mean, std)
     paths = analyze(model, {"x": x, "display": ds.images}, args.out, distance_images=args.images)
     for name, path in paths.items():
         print(f"{name}: {path}")
@@ -230,12 +230,12 @@ def cmd_fewshot(args):
     from . import data as mdata
     from .fewshot import fewshot_from_checkpoint
 
-    model, meta = _load_for_inference(args.checkpoint)
+    model, meta, (mean, std) = _load_for_inference(args.checkpoint)
     train_cfg = meta.get("train_config", {})
     dataset = args.dataset or train_cfg.get("dataset", "cifar10")
     data_dir = args.data_dir or train_cfg.get("data_dir")
     shots = [int(s) for s in args.shots.split(",")]
-    results = fewshot_from_checkpoint(model, meta, mdata.load_dataset(dataset, data_dir, "train"),
+    results = fewshot_from_checkpoint(model, (mean, std), mdata.load_dataset(dataset, data_dir, "train"),
                                       mdata.load_dataset(dataset, data_dir, "test"), shots, seeds=args.seeds,
                                       test_images=args.test_images)
     for k, acc in results.items():

@@ -23,9 +23,9 @@ def extract_features(model, images, mean, std, batch_size=256):
     return np.concatenate(feats).astype(np.float64)
 
 
-def fewshot_from_checkpoint(model, meta, train_set, test_set, shots, seeds=3, test_images=2000):
-    """{k: mean accuracy over `seeds` draws} for each k in shots."""
-    mean, std = meta["normalization"]["mean"], meta["normalization"]["std"]
+def fewshot_from_checkpoint(model, normalization, train_set, test_set, shots, seeds=3, test_images=2000):
+    """{k: mean accuracy over `seeds` draws} for each k in shots; normalization = (mean, std)."""
+    mean, std = normalization
     rng = np.random.default_rng(0)
     test_idx = np.sort(rng.choice(len(test_set), min(test_images, len(test_set)), replace=False))
     test_feats = extract_features(model, test_set.images[test_idx], mean, std)

@@ -20,6 +20,16 @@ def resize_pos_embed(pos_embed, old_grid, new_grid, num_prefix_tokens):
     return np.concatenate([prefix, resized], axis=0)[None]
 
 
+def resize_relative_bias(table, old_grid, new_grid, num_prefix_tokens):
+    """(Hh, (2gh-1)(2gw-1) [+3]) -> the same for new_grid: the offset table is a small 2D grid
+    per head, interpolated like an image; the three class-token entries are kept."""
+    (oh, ow), (nh, nw) = old_grid, new_grid
+    n_old = (2 * oh - 1) * (2 * ow - 1)
+    grid = table[:, :n_old].T  # (offsets, Hh)
+    resized = posemb.interpolate_grid(grid, (2 * oh - 1, 2 * ow - 1), (2 * nh - 1, 2 * nw - 1)).T
+    return np.concatenate([resized, table[:, n_old:]], axis=1) if num_prefix_tokens else resized
+
+
 def adapt_state_dict(state, saved_config, model):
     """Make a checkpoint's weights fit `model`: new head, no pre-logits, resized position
     embeddings. Returns the adapted dict and a list of what was changed."""
@@ -39,6 +49,15 @@ def adapt_state_dict(state, saved_config, model):
             state[key] = resize_pos_embed(state[key], old_grid, model.grid_size, model.num_prefix_tokens)
             notes.append(f"interpolated {key} from a {old_grid[0]}x{old_grid[1]} to a "
                          f"{model.grid_size[0]}x{model.grid_size[1]} patch grid")
+    new_grid = model.grid_size
+    for key in [k for k in state if k in ("pos_embed_y", "pos_embed_x") and state[k].shape != own.get(k, state[k]).shape]:
+        axis = 0 if key == "pos_embed_y" else 1  # factorised 2D embedding: resize each axis in 1-D
+        old_n, new_n = old_grid[axis], new_grid[axis]
+        state[key] = posemb.interpolate_grid(state[key][0], (old_n, 1), (new_n, 1))[None]
+        notes.append(f"interpolated {key} from {old_n} to {new_n} positions")
+    for key in [k for k in state if k.endswith("rel_pos_bias") and k in own and state[k].shape != own[k].shape]:
+        state[key] = resize_relative_bias(state[key], old_grid, new_grid, model.num_prefix_tokens)
+        notes.append(f"interpolated {key} over the relative offsets of the new grid")
     for key in [k for k in own if k.startswith("head.") or k.startswith("pre_logits.")]:
         state.setdefault(key, own[key])  # keep the model's zero-initialised head
     return state, notes

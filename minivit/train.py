@@ -129,6 +129,7 @@ class Trainer:
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.warmup_steps = int(round(cfg.warmup_epochs * self.steps_per_epoch))
         self.step, self.epoch, self.batch = 0, 0, 0  # position of the next step
+        self._running = (0.0, 0, 0, 0.0)  # this epoch so far: loss sum, correct, seen, seconds
         self.best_val = -1.0
         if resume:
             self._resume()
@@ -167,6 +168,7 @@ class Trainer:
         self.optimizer.load_state_dict(optimizer_state(ckpt))
         pos = ckpt["meta"]["position"]
         self.step, self.epoch, self.batch = pos["step"], pos["epoch"], pos["batch"]
+        self._running = tuple(ckpt["meta"].get("epoch_running", (0.0, 0, 0, 0.0)))
         self.best_val = ckpt["meta"].get("best_val", -1.0)
         mrandom.set_rng_state(ckpt["meta"]["rng_state"])
         metrics = self.out / "metrics.jsonl"
@@ -189,8 +191,9 @@ class Trainer:
         if not math.isfinite(value):
             raise FloatingPointError(
                 f"loss is {value} at step {self.step} (epoch {self.epoch}, lr {cfg.lr * lr_scale:.3g}); "
-                "training diverged: lower --lr, raise --warmup-epochs or set --grad-clip. "
-                f"The last good checkpoint is {self.out / 'checkpoint.npz'}")
+                "training diverged: lower --lr, raise --warmup-epochs or set --grad-clip."
+                + (f" The last good checkpoint is {self.out / 'checkpoint.npz'}"
+                   if (self.out / "checkpoint.npz").exists() else ""))
         loss.backward()
         if cfg.grad_clip:
             optim.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -217,14 +220,19 @@ class Trainer:
     def _run_epoch(self):
         """Steps from the current position to the end of the epoch; True if max_steps stopped it."""
         cfg = self.cfg
+        if cfg.max_steps is not None and self.step >= cfg.max_steps:
+            return True
         bar = _progress(self.steps_per_epoch, self.batch, f"epoch {self.epoch + 1}/{cfg.epochs}", cfg.progress)
-        loss_sum, correct, seen, t0 = 0.0, 0, 0, time.perf_counter()
+        loss_sum, correct, seen, elapsed = self._running
+        t0 = time.perf_counter() - elapsed
+        rate = 0.0
         for x, y in self.train_loader.epoch(self.epoch, start=self.batch):
             loss, hits = self.train_step(x, y)
             self.step += 1
             self.batch += 1
             loss_sum, correct, seen = loss_sum + loss * len(y), correct + hits, seen + len(y)
-            rate = seen / (time.perf_counter() - t0)
+            self._running = (loss_sum, correct, seen, time.perf_counter() - t0)
+            rate = seen / self._running[3]
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", acc=f"{correct / seen:.3f}", img_s=f"{rate:.0f}")
@@ -247,8 +255,8 @@ class Trainer:
                 return True
         if bar is not None:
             bar.close()
-        self._epoch_train = (loss_sum / max(seen, 1), correct / max(seen, 1), rate if seen else 0.0)
-        self.epoch, self.batch = self.epoch + 1, 0
+        self._epoch_train = (loss_sum / max(seen, 1), correct / max(seen, 1), rate)
+        self.epoch, self.batch, self._running = self.epoch + 1, 0, (0.0, 0, 0, 0.0)
         return False
 
     def _end_of_epoch(self):
@@ -261,10 +269,13 @@ class Trainer:
             record["test_loss"], record["test_acc"] = evaluate(self.model, self.test_loader)
         self._log(record)
         print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+        # Best by validation accuracy (else test, else the latest epoch); best_val goes into the
+        # checkpoint saved right after, so a resumed run compares against the right value.
+        val = record.get("val_acc", record.get("test_acc", float(self.epoch)))
+        is_best = val > self.best_val
+        self.best_val = max(val, self.best_val)
         self.save()
-        val = record.get("val_acc", record.get("test_acc", -1.0))
-        if val > self.best_val:
-            self.best_val = val
+        if is_best:
             self.save(self.out / "best.npz")
         self._plot()
         return record
@@ -273,6 +284,7 @@ class Trainer:
     def save(self, path=None):
         meta = {
             "position": {"step": self.step, "epoch": self.epoch, "batch": self.batch},
+            "epoch_running": list(self._running),
             "rng_state": mrandom.get_rng_state(),
             "train_config": asdict(self.cfg),
             "classes": list(self.train_set.classes),
