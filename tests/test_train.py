@@ -238,10 +238,6 @@ def test_a_huge_learning_rate_diverges_with_floating_point_error(tmp_path, resto
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
                             "ignore:invalid value encountered:RuntimeWarning")
-@pytest.mark.xfail(strict=True, raises=ZeroDivisionError,
-                   reason="BUG: kernels/cpu/loss.py cpu_v1 (the default softmax_cross_entropy) is a serial @njit "
-                          "with Numba's default error_model='python', so `inv = 1.0 / s` in _row_loss raises "
-                          "ZeroDivisionError on non-finite logits instead of giving nan")
 def test_a_huge_learning_rate_with_default_kernels_raises_floating_point_error(tmp_path, restore_kernel_choices):
     kernels.reset()
     with pytest.raises(FloatingPointError, match=r"at step \d+ .*lower --lr"):

@@ -1,0 +1,142 @@
+"""The check-and-benchmark harness (kernels/bench.py): it catches wrong kernels before timing
+them, and prints one row per implementation."""
+import numpy as np
+import pytest
+
+import kernels
+from kernels import bench, registry
+from kernels.reference import normact, optim
+
+TINY = ["--sizes", "B=2,N=5,D=8", "--repeat", "2"]
+
+
+@pytest.fixture
+def broken():
+    """Register deliberately wrong kernels for the test, and take them out of the table after."""
+    added = []
+
+    def add(op, name, forward, backward):
+        registry.register(op, name, forward, backward, description="deliberately wrong", priority=-100)
+        added.append((op, name))
+
+    yield add
+    for op, name in added:
+        registry._TABLE[op].pop(name, None)
+
+
+def layernorm_off_by_one_percent(x, w, b, eps=1e-6):
+    y, cache = normact.layernorm_forward(x, w, b, eps)
+    return y * 1.01, cache
+
+
+def layernorm_wrong_dw(grad, cache):
+    dx, dw, db = normact.layernorm_backward(grad, cache)
+    return dx, dw + 1.0, db
+
+
+@pytest.fixture
+def timed(monkeypatch):
+    """Records the implementations the harness times."""
+    names = []
+    real = bench.time_impls
+
+    def spy(op, impls, *args, **kwargs):
+        names.extend(i.name if isinstance(i, registry.Impl) else i for i in impls)
+        return real(op, impls, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "time_impls", spy)
+    return names
+
+
+def test_wrong_forward_is_flagged_wrong_and_never_timed(broken, timed, capsys):
+    broken("layernorm", "broken_fwd", layernorm_off_by_one_percent, normact.layernorm_backward)
+    assert bench.main(["layernorm", "--impls", "broken_fwd,reference", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "broken_fwd: WRONG" in out
+    assert "out: " in out and "mismatch" in out and "reference" in out  # first mismatches and both values
+    row = next(line for line in out.splitlines() if line.startswith("broken_fwd "))
+    assert row.split()[1:3] == ["-", "-"] and row.rstrip().endswith("WRONG")
+    assert "broken_fwd" not in timed and "reference" in timed
+
+
+def test_wrong_backward_alone_is_flagged_wrong(broken, timed):
+    broken("layernorm", "broken_bwd", normact.layernorm_forward, layernorm_wrong_dw)
+    inputs = bench.SPECS["layernorm"].make(dict(B=2, N=5, D=8), np.dtype("float32"), np.random.default_rng(0))
+    result = bench.check("layernorm", "broken_bwd", inputs)
+    assert not result.ok and any(line.startswith("grad[1]") for line in result.lines)
+    broken_impl = registry._TABLE["layernorm"]["broken_bwd"]
+    rows = bench.run_case("layernorm", [broken_impl], inputs, repeat=2, out=lambda s: None)
+    assert [(r.impl, r.status, r.timing) for r in rows][1] == ("broken_bwd", "WRONG", None)
+    assert "broken_bwd" not in timed
+
+
+def test_an_implementation_that_raises_is_reported_wrong(broken):
+    def crashes(x, w, b, eps=1e-6):
+        raise RuntimeError("boom")
+
+    broken("layernorm", "crashes", crashes, normact.layernorm_backward)
+    inputs = bench.SPECS["layernorm"].make(dict(B=1, N=2, D=3), np.dtype("float64"), np.random.default_rng(0))
+    result = bench.check("layernorm", "crashes", inputs)
+    assert not result.ok and result.lines == ["raised RuntimeError: boom"]
+
+
+def test_in_place_adamw_is_checked_on_copies_of_the_state(broken):
+    def forgets_the_second_moment(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
+        v_before = v.copy()
+        optim.adamw_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step)
+        v[...] = v_before
+
+    broken("adamw_update", "broken_adamw", forgets_the_second_moment, None)
+    inputs = bench.SPECS["adamw_update"].make(dict(n=50), np.dtype("float64"), np.random.default_rng(0))
+    before = inputs.copy()
+    result = bench.check("adamw_update", "broken_adamw", inputs)
+    assert not result.ok and any(line.startswith("v:") for line in result.lines)
+    assert all(np.array_equal(a, b) for a, b in zip(inputs.args, before.args)), "check() must not touch the inputs"
+    assert bench.check("adamw_update", "reference", inputs).ok
+
+
+def test_main_prints_a_table_row_for_every_implementation(capsys):
+    assert bench.main(["layernorm", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "fwd ms" in out and "GB/s" in out and "B=2 N=5 D=8" in out
+    rows = {line.split()[0]: line for line in out.splitlines() if line and not line.startswith(("==", "impl", "-"))}
+    for impl in kernels.available("layernorm", device="cpu"):
+        assert impl.name in rows, f"{impl.name} missing from\n{out}"
+        assert rows[impl.name].rstrip().endswith("ok")
+
+
+def test_sizes_accept_preset_names_and_key_value_overrides():
+    chosen = bench.resolve_sizes("attention", ["N=256,hd=64"])
+    assert [d["N"] for _, d in chosen] == [256] * len(bench.SPECS["attention"].default)
+    assert bench.resolve_sizes("linear", ["fc2"])[0][1]["Din"] == 768
+    with pytest.raises(SystemExit):
+        bench.resolve_sizes("linear", ["nope"])
+    with pytest.raises(SystemExit):
+        bench.resolve_sizes("linear", ["Q=3"])
+
+
+def test_every_op_has_presets_inputs_and_a_work_count():
+    for op in registry.OPS:
+        spec = bench.SPECS[op]
+        for name in spec.default:
+            fwd, bwd = spec.work(spec.presets[name], 4)
+            assert fwd > 0 and bwd >= 0, op
+
+
+def test_time_impl_and_time_impls_report_positive_medians():
+    inputs = bench.SPECS["gelu"].make(dict(B=2, N=3, D=4), np.dtype("float64"), np.random.default_rng(0))
+    one = bench.time_impl("gelu", "reference", inputs, repeat=3)
+    both = bench.time_impls("gelu", ["reference", kernels.get("gelu").name], inputs, repeat=3)
+    assert one.fwd_s > 0 and one.bwd_s > 0
+    assert all(t.fwd_s > 0 and t.bwd_s > 0 for t in both.values()) and "reference" in both
+    adamw = bench.SPECS["adamw_update"].make(dict(n=10), np.dtype("float32"), np.random.default_rng(0))
+    assert bench.time_impl("adamw_update", "reference", adamw, repeat=2).bwd_s is None
+
+
+def test_plot_and_list(tmp_path, capsys):
+    path = tmp_path / "bench.png"
+    assert bench.main(["gelu", "--sizes", "B=2,N=3,D=4", "--repeat", "1", "--plot", str(path)]) == 0
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert bench.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    assert all(f" {i.name} " in out for i in kernels.available(device="cpu"))
