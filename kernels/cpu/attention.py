@@ -1,0 +1,553 @@
+"""Attention forward and backward on the CPU in Numba: numbered versions, llm.c style.
+
+Every version computes what kernels/reference/attention.py computes (Vaswani et al. 2017, Eq. 1;
+ViT paper, Appendix A, Eq. 5-7), per batch b and head h with q, k, v of shape (N, hd):
+    S = scale * q @ k.T;  P = softmax(S);  O = P @ v
+    dv = P.T @ dO;  dP = dO @ v.T;  dS = P * (dP - D), D_i = rowsum(dP_i * P_i) = dO_i . O_i
+    dq = scale * dS @ k;  dk = scale * dS.T @ q
+
+Versions (all checked against the float64 reference by tests/test_kernels_cpu_attention.py):
+
+cpu_v1   The reference's algorithm in Numba, prange over the B*Hh heads: the (N, N) scores by
+         plain dot loops, a row softmax with libm exp, P @ v as rows of axpys; backward the
+         same with an (N, N) dS. Memory O(N^2) like the reference. Its plain loops reach about
+         15 GFLOP/s a core where OpenBLAS reaches about 40: it beats the reference only by
+         using both cores.
+cpu_v2   Fused per query row, prange over (b, h, i): the scores of row i in a scratch row
+         per thread (get_thread_id), softmax, weighted sum of v. Decision: keep the row
+         log-sum-exp (B, Hh, N), not P, and recompute each row of P in backward as
+         exp(s - lse); so v2 already has flash's memory and v3 differs only by its tiles.
+         Backward runs per head (every row adds into all of dk and dv) and streams all of k
+         and v once per row: the slowest backward.
+cpu_v3   Flash-style (Dao et al. 2022; backward as FlashAttention-2, Dao 2023): tiles of about
+         64 query rows x 128 keys, an online softmax (running max m and sum l; what was summed
+         under the old max is rescaled by exp(m_old - m_new)), never an N x N array; forward
+         keeps out and lse, backward recomputes P tile by tile from q, k and lse, with
+         D_i = dO_i . O_i, key tiles outer (dk_j, dv_j stay in cache), one task per head. Two
+         tuned blocks beyond the tiling: _mm_nt, a 4 x 2 register-blocked matmul (about
+         45 GFLOP/s, 3x the plain loop), and _exp_shifted, a vectorised float32 exp (1 ns
+         against libm's 3). Its backward does 5 matmuls (S again) where the others do 4, and
+         parallelises over the B*Hh heads only.
+cpu_blas The reference's matmuls in BLAS (np.matmul), with the softmax (and its scale, using
+         _exp_shifted) and backward's dS = P * (dP - rowsum(dP * P)) fused in Numba loops
+         in place. Memory O(N^2). Fastest at N=1024, where BLAS's large matmuls shine.
+
+Measured (ms, float32, fwd / bwd, speed-up over the reference in brackets) on the 2-core AMD
+EPYC (Zen 3, AVX2, no AVX-512), shared with other jobs (load average about 2): medians of 5
+runs of `python -m kernels.bench attention --repeat 7`, Numba and OpenBLAS with their default
+2 threads each, the environment as it is:
+
+    version    CIFAR B=128 Hh=3 N=65 hd=64          long B=4 Hh=3 N=1024 hd=64
+    reference  21.6 / 33.7                           126 / 119
+    cpu_v1     17.4 (1.24x) / 24.5 (1.37x)           132 (0.96x) / 200 (0.60x)
+    cpu_v2     21.1 (1.03x) / 36.0 (0.94x)           135 (0.93x) / 262 (0.46x)
+    cpu_v3     10.2 (2.13x) / 22.8 (1.48x)            86 (1.47x) / 142 (0.84x)
+    cpu_blas   19.2 (1.12x) / 31.2 (1.08x)            50 (2.50x) /  82 (1.46x)
+
+The same with one thread each (NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1, load 2 to 4):
+
+    reference  23.2 / 36.6                           223 / 189
+    cpu_v1     31.7 (0.73x) / 47.5 (0.77x)           244 (0.91x) / 377 (0.50x)
+    cpu_v2     37.3 (0.62x) / 62.3 (0.59x)           246 (0.91x) / 517 (0.37x)
+    cpu_v3     18.7 (1.24x) / 43.7 (0.84x)           106 (2.11x) / 275 (0.69x)
+    cpu_blas   21.2 (1.09x) / 32.5 (1.13x)            82 (2.72x) / 149 (1.27x)
+
+Reading. At ViT's CIFAR size each head is a 65 x 64 problem: np.matmul runs the 384 small
+matmuls of a batch one after another on one core, while the Numba versions spread the heads
+over both cores, so v3 has the best fwd+bwd (1.7x the reference) and is the CPU default
+(priority 10), then cpu_blas (5), v1 (4), v2 (3). On one core cpu_blas edges ahead (v3's
+backward does 5 matmuls to 4). At N=1024 BLAS's large matmuls win: cpu_blas is fastest, v3 is
+second (1.5x v1 forward, 1.4x backward) and the only one whose memory stays linear in N.
+Mind OpenBLAS's idle threads: they spin for about 0.1 s after each call and slow a Numba
+kernel started in that window, up to 1.8x (v3's long forward: 60 ms with
+OPENBLAS_THREAD_TIMEOUT=4, the shortest spin, against the 86 above).
+"""
+import numba
+import numpy as np
+from numba import get_thread_id, njit, prange
+
+from ..registry import register
+
+# B=batch, Hh=heads, N=tokens, hd=head dim. The kernels see the heads flattened: BH = B*Hh,
+# q, k, v, out (BH, N, hd). Each parallel driver is a prange over independent tasks (heads,
+# rows or tiles) that calls a plain serial function for one task. Float32 inputs are computed
+# in float32, float64 in float64; softmax denominators are summed in float64.
+
+# Fast-math: reassociation lets LLVM vectorise dot products and sums. No "nnan"/"ninf", so
+# that max, exp and comparisons still see -inf and nan as they are.
+_FM = {"reassoc", "contract", "nsz", "arcp"}
+BR = 64   # v3: query rows per tile (about; see _tile)
+BC = 128  # v3: keys per tile (about)
+
+
+# ---------------------------------------------------------------------------------------------
+# Plain loops (v1, v2): a @ b.T as dot products, p @ x and p.T @ x as rows of axpys
+
+@njit(cache=True, fastmath=_FM)
+def _scores(a, b, i0, ni, j0, nj, alpha, s):
+    """s[r, c] = alpha * a[i0 + r] . b[j0 + c] for r < ni, c < nj."""
+    zero = s.dtype.type(0)
+    for r in range(ni):
+        for c in range(nj):
+            acc = zero
+            for d in range(a.shape[1]):
+                acc += a[i0 + r, d] * b[j0 + c, d]
+            s[r, c] = alpha * acc
+
+
+@njit(cache=True, fastmath=_FM)
+def _acc_ab(p, ni, nj, x, j0, out, i0):
+    """out[i0 + r] += sum_c p[r, c] * x[j0 + c]   (out += p @ x)."""
+    for r in range(ni):
+        for c in range(nj):
+            prc = p[r, c]
+            for d in range(x.shape[1]):
+                out[i0 + r, d] += prc * x[j0 + c, d]
+
+
+@njit(cache=True, fastmath=_FM)
+def _acc_atb(p, ni, nj, x, i0, out, j0):
+    """out[j0 + c] += sum_r p[r, c] * x[i0 + r]   (out += p.T @ x)."""
+    for r in range(ni):
+        for c in range(nj):
+            prc = p[r, c]
+            for d in range(x.shape[1]):
+                out[j0 + c, d] += prc * x[i0 + r, d]
+
+
+@njit(cache=True, fastmath=_FM)
+def _softmax_row(s, n):
+    """s[:n] = softmax(s[:n]) in place with libm exp; returns log(sum exp(s - max)) + max."""
+    m = s[0]
+    for j in range(1, n):
+        m = max(m, s[j])
+    total = 0.0
+    for j in range(n):
+        s[j] = np.exp(s[j] - m)
+        total += s[j]
+    inv = s.dtype.type(1.0 / total)
+    for j in range(n):
+        s[j] *= inv
+    return m + np.log(total)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tuned building blocks (v3, cpu_blas): one register-blocked matmul, a vectorised exp
+
+@njit(cache=True, fastmath=_FM)
+def _mm_nt(a, b, out, m, n, K, alpha):
+    """out[:m, :n] += alpha * a[:m, :K] @ b[:n, :K].T, both operands read along rows.
+
+    A 4 x 2 block of out is held in eight scalars while d runs: each loaded a[r, d] and
+    b[c, d] feeds two or four multiply-adds (6 loads per 8, not 2 per 1), and LLVM turns each
+    scalar into a vector accumulator: about 3x the plain dot loop of _scores. No column offset
+    into b: a variable index such as b[c, k0 + d] costs a negative-index check per load that
+    stops the vectorisation (2.5x slower), so callers pass tiles that start at column 0."""
+    z = out.dtype.type(0)
+    m4, n2 = m - m % 4, n - n % 2
+    for r in range(0, m4, 4):
+        for c in range(0, n2, 2):
+            s00 = s01 = s10 = s11 = s20 = s21 = s30 = s31 = z
+            for d in range(K):
+                b0, b1 = b[c, d], b[c + 1, d]
+                a0, a1, a2, a3 = a[r, d], a[r + 1, d], a[r + 2, d], a[r + 3, d]
+                s00 += a0 * b0
+                s01 += a0 * b1
+                s10 += a1 * b0
+                s11 += a1 * b1
+                s20 += a2 * b0
+                s21 += a2 * b1
+                s30 += a3 * b0
+                s31 += a3 * b1
+            out[r, c] += alpha * s00
+            out[r, c + 1] += alpha * s01
+            out[r + 1, c] += alpha * s10
+            out[r + 1, c + 1] += alpha * s11
+            out[r + 2, c] += alpha * s20
+            out[r + 2, c + 1] += alpha * s21
+            out[r + 3, c] += alpha * s30
+            out[r + 3, c + 1] += alpha * s31
+    for r in range(m):  # the rim: rows from m4 on, columns from n2 on
+        for c in range(n2 if r < m4 else 0, n):
+            acc = z
+            for d in range(K):
+                acc += a[r, d] * b[c, d]
+            out[r, c] += alpha * acc
+
+
+@njit(cache=True, fastmath={"contract"})  # no "reassoc": it would undo the Cody-Waite split
+def _exp_shifted(x, shift, n, scratch):
+    """x[:n] = exp(x[:n] - shift), for x - shift <= 0 as after softmax's max shift (good to 88).
+
+    Numba's np.exp is a scalar libm call per element (no SVML here), 3 ns in float32; this
+    float32 loop vectorises, 1 ns. exp(y) = 2^kk * e^g with kk = round(y log2 e) and
+    g = y - kk ln2 (ln2 in two parts, Cody-Waite, so that g is exact), e^g by 8 terms of its
+    Taylor series (|g| <= ln2/2, error < 1e-7), and 2^kk written straight into the exponent
+    bits of `scratch`. Results below 2^-126 flush to 0; nan stays nan. Float64 keeps libm:
+    the same trick measured no faster there."""
+    if x.itemsize != 4:
+        for j in range(n):
+            x[j] = np.exp(x[j] - shift)
+        return
+    T = x.dtype.type
+    pow2 = scratch[:n]
+    bits = pow2.view(np.int32)
+    for j in range(n):
+        y = x[j] - shift
+        kk = np.floor(y * T(1.4426950408889634) + T(0.5))
+        g = (y - kk * T(0.693359375)) + kk * T(2.12194440e-4)
+        e = T(1 / 5040)
+        for c in (1 / 720, 1 / 120, 1 / 24, 1 / 6, 1 / 2, 1.0, 1.0):
+            e = T(c) + g * e
+        x[j] = T(0) if kk < T(-126) else e
+        bits[j] = np.int32((max(kk, T(-126)) + T(127)) * T(2.0 ** 23))
+    for j in range(n):
+        x[j] *= pow2[j]
+
+
+@njit(cache=True)
+def _transpose(x, n, out):
+    """out[:, :n] = x[:n].T."""
+    for c in range(n):
+        for d in range(x.shape[1]):
+            out[d, c] = x[c, d]
+
+
+@njit(cache=True)
+def _tile(N, size):
+    """The tile that cuts N into round(N / size) near-equal tiles, rounded up to a multiple of 4
+    (the matmul's block): N = 65 with size 64 is one tile of 68, not 64 + 1."""
+    tiles = max(1, (N + size // 2) // size)
+    return ((N + tiles - 1) // tiles + 3) // 4 * 4
+
+
+# ---------------------------------------------------------------------------------------------
+# v1: the reference's algorithm in Numba, N x N scores per head, parallel over heads
+
+@njit(cache=True, fastmath=_FM)
+def _v1_forward_head(q, k, v, scale, p, out):
+    N = q.shape[0]
+    _scores(q, k, 0, N, 0, N, scale, p)  # p (N, N): logits, made probabilities in place
+    for i in range(N):
+        _softmax_row(p[i], N)
+    out[:] = 0
+    _acc_ab(p, N, N, v, 0, out, 0)
+
+
+@njit(cache=True, fastmath=_FM)
+def _v1_backward_head(dout, q, k, v, p, scale, ds, dq, dk, dv):
+    N = q.shape[0]
+    _scores(dout, v, 0, N, 0, N, q.dtype.type(1), ds)  # ds (N, N): dP, made dS in place
+    for i in range(N):
+        rd = 0.0
+        for j in range(N):
+            rd += p[i, j] * ds[i, j]
+        for j in range(N):
+            ds[i, j] = scale * p[i, j] * (ds[i, j] - rd)
+    dq[:] = 0
+    dk[:] = 0
+    dv[:] = 0
+    _acc_atb(p, N, N, dout, 0, dv, 0)
+    _acc_ab(ds, N, N, k, 0, dq, 0)
+    _acc_atb(ds, N, N, q, 0, dk, 0)
+
+
+@njit(cache=True, parallel=True)
+def _v1_forward(q, k, v, scale, p, out):
+    for bh in prange(q.shape[0]):
+        _v1_forward_head(q[bh], k[bh], v[bh], scale, p[bh], out[bh])
+
+
+@njit(cache=True, parallel=True)
+def _v1_backward(dout, q, k, v, p, scale, ds, dq, dk, dv):
+    for bh in prange(q.shape[0]):
+        _v1_backward_head(dout[bh], q[bh], k[bh], v[bh], p[bh], scale, ds[bh], dq[bh], dk[bh], dv[bh])
+
+
+# ---------------------------------------------------------------------------------------------
+# v2: fused per query row; keeps the row log-sum-exp, not P
+
+@njit(cache=True, fastmath=_FM)
+def _v2_forward_row(q, k, v, scale, i, s, out, lse):
+    """Row i of one head: scores, softmax and weighted sum of v, in the scratch row s (1, N)."""
+    N = q.shape[0]
+    _scores(q, k, i, 1, 0, N, scale, s)
+    lse[i] = _softmax_row(s[0], N)
+    out[i] = 0
+    _acc_ab(s, 1, N, v, 0, out, i)
+
+
+@njit(cache=True, fastmath=_FM)
+def _v2_backward_head(dout, q, k, v, lse, scale, dq, dk, dv):
+    N = q.shape[0]
+    p, ds = np.empty((1, N), q.dtype), np.empty((1, N), q.dtype)
+    dq[:] = 0
+    dk[:] = 0
+    dv[:] = 0
+    for i in range(N):
+        _scores(q, k, i, 1, 0, N, scale, p)
+        _scores(dout, v, i, 1, 0, N, q.dtype.type(1), ds)
+        rd = 0.0
+        for j in range(N):
+            p[0, j] = np.exp(p[0, j] - lse[i])
+            rd += p[0, j] * ds[0, j]
+        for j in range(N):
+            ds[0, j] = scale * p[0, j] * (ds[0, j] - rd)
+        _acc_atb(p, 1, N, dout, i, dv, 0)
+        _acc_ab(ds, 1, N, k, 0, dq, i)
+        _acc_atb(ds, 1, N, q, i, dk, 0)
+
+
+@njit(cache=True, parallel=True)
+def _v2_forward(q, k, v, scale, out, lse, nthreads):
+    BH, N, _ = q.shape
+    rows = np.empty((nthreads, 1, N), q.dtype)  # one scratch row per thread
+    for t in prange(BH * N):
+        bh = t // N
+        _v2_forward_row(q[bh], k[bh], v[bh], scale, t % N, rows[get_thread_id()], out[bh], lse[bh])
+
+
+@njit(cache=True, parallel=True)
+def _v2_backward(dout, q, k, v, lse, scale, dq, dk, dv):
+    for bh in prange(q.shape[0]):  # not over rows: every row adds into all of dk and dv
+        _v2_backward_head(dout[bh], q[bh], k[bh], v[bh], lse[bh], scale, dq[bh], dk[bh], dv[bh])
+
+
+# ---------------------------------------------------------------------------------------------
+# v3: flash-style tiles with an online softmax; backward recomputes P tile by tile (FA2)
+
+@njit(cache=True, fastmath=_FM)
+def _v3_forward_tile(q, k, v, scale, i0, ni, br, bc, out, lse):
+    """Query rows i0 : i0 + ni of one head, against key tiles of bc."""
+    N, hd = q.shape
+    s = np.empty((br, bc), q.dtype)    # logits, then probabilities, of one tile
+    vt = np.empty((hd, bc), q.dtype)   # v_j.T, so that P @ v_j reads rows of both
+    acc = np.zeros((br, hd), q.dtype)  # output rows, unnormalised
+    m = np.full(br, -np.inf, q.dtype)  # running row max
+    l = np.zeros(br, np.float64)       # running row sum of exp(s - m)
+    scratch = np.empty(bc, q.dtype)
+    for j0 in range(0, N, bc):
+        nj = min(bc, N - j0)
+        s[:] = 0
+        _mm_nt(q[i0:], k[j0:], s, ni, nj, hd, scale)
+        for r in range(ni):
+            mt = m[r]
+            for c in range(nj):
+                mt = max(mt, s[r, c])
+            _exp_shifted(s[r], mt, nj, scratch)
+            rs = 0.0
+            for c in range(nj):
+                rs += s[r, c]
+            alpha = np.exp(m[r] - mt)  # rescales what was summed under the old max
+            m[r] = mt
+            l[r] = l[r] * alpha + rs
+            for d in range(hd):
+                acc[r, d] *= alpha
+        _transpose(v[j0:], nj, vt)
+        _mm_nt(s, vt, acc, ni, hd, nj, q.dtype.type(1))
+    for r in range(ni):
+        inv = q.dtype.type(1.0 / l[r])
+        for d in range(hd):
+            out[i0 + r, d] = acc[r, d] * inv
+        lse[i0 + r] = m[r] + np.log(l[r])
+
+
+@njit(cache=True, fastmath=_FM)
+def _v3_backward_head(dout, q, k, v, out, lse, scale, br, bc, dq, dk, dv):
+    N, hd = q.shape
+    one = q.dtype.type(1)
+    p, ds = np.empty((br, bc), q.dtype), np.empty((br, bc), q.dtype)  # P, dP then dS
+    pt, dst = np.empty((bc, br), q.dtype), np.empty((bc, br), q.dtype)  # their transposes
+    kt = np.empty((hd, bc), q.dtype)  # k_j.T, q_i.T, dO_i.T: every product below
+    qt = np.empty((hd, br), q.dtype)  # then reads rows of both operands
+    dot = np.empty((hd, br), q.dtype)
+    scratch = np.empty(bc, q.dtype)
+    rd = np.empty(N, q.dtype)  # D_i = dO_i . O_i, which equals rowsum(dP_i * P_i)
+    for i in range(N):
+        acc = 0.0
+        for d in range(hd):
+            acc += dout[i, d] * out[i, d]
+        rd[i] = acc
+    dq[:] = 0
+    dk[:] = 0
+    dv[:] = 0
+    for j0 in range(0, N, bc):
+        nj = min(bc, N - j0)
+        _transpose(k[j0:], nj, kt)
+        for i0 in range(0, N, br):
+            ni = min(br, N - i0)
+            p[:] = 0
+            ds[:] = 0
+            _mm_nt(q[i0:], k[j0:], p, ni, nj, hd, scale)  # S, as in forward
+            _mm_nt(dout[i0:], v[j0:], ds, ni, nj, hd, one)  # dP
+            for r in range(ni):
+                _exp_shifted(p[r], lse[i0 + r], nj, scratch)  # P = exp(S - lse)
+                for c in range(nj):
+                    ds[r, c] = scale * p[r, c] * (ds[r, c] - rd[i0 + r])
+                    pt[c, r] = p[r, c]
+                    dst[c, r] = ds[r, c]
+            _transpose(q[i0:], ni, qt)
+            _transpose(dout[i0:], ni, dot)
+            _mm_nt(pt, dot, dv[j0:], nj, hd, ni, one)   # dv_j += P.T @ dO_i
+            _mm_nt(dst, qt, dk[j0:], nj, hd, ni, one)  # dk_j += dS.T @ q_i
+            _mm_nt(ds, kt, dq[i0:], ni, hd, nj, one)   # dq_i += dS @ k_j
+
+
+@njit(cache=True, parallel=True)
+def _v3_forward(q, k, v, scale, out, lse):
+    BH, N, _ = q.shape
+    br, bc = _tile(N, BR), _tile(N, BC)
+    nqb = (N + br - 1) // br
+    for t in prange(BH * nqb):  # one task per (head, tile of query rows)
+        bh, i0 = t // nqb, (t % nqb) * br
+        _v3_forward_tile(q[bh], k[bh], v[bh], scale, i0, min(br, N - i0), br, bc, out[bh], lse[bh])
+
+
+@njit(cache=True, parallel=True)
+def _v3_backward(dout, q, k, v, out, lse, scale, dq, dk, dv):
+    N = q.shape[1]
+    br, bc = _tile(N, BR), _tile(N, BC)
+    for bh in prange(q.shape[0]):  # dq rows collect from every key tile: one task per head
+        _v3_backward_head(dout[bh], q[bh], k[bh], v[bh], out[bh], lse[bh], scale, br, bc,
+                          dq[bh], dk[bh], dv[bh])
+
+
+# ---------------------------------------------------------------------------------------------
+# cpu_blas: the reference's matmuls in BLAS (np.matmul), the softmax parts fused in Numba
+
+@njit(cache=True, fastmath=_FM)
+def _softmax_head(s, scale):
+    """s (N, N) = q @ k.T of one head -> P = softmax(scale * s), in place."""
+    N = s.shape[1]
+    scratch = np.empty(N, s.dtype)
+    for i in range(N):
+        row = s[i]
+        m = scale * row[0]
+        for j in range(N):
+            row[j] *= scale
+            m = max(m, row[j])
+        _exp_shifted(row, m, N, scratch)
+        total = 0.0
+        for j in range(N):
+            total += row[j]
+        inv = s.dtype.type(1.0 / total)
+        for j in range(N):
+            row[j] *= inv
+
+
+@njit(cache=True, fastmath=_FM)
+def _dsoftmax_head(p, dp, scale):
+    """dp (N, N) of one head -> dS = scale * P * (dP - rowsum(dP * P)), in place."""
+    for i in range(p.shape[0]):
+        rd = 0.0
+        for j in range(p.shape[1]):
+            rd += p[i, j] * dp[i, j]
+        rdt = p.dtype.type(rd)
+        for j in range(p.shape[1]):
+            dp[i, j] = scale * p[i, j] * (dp[i, j] - rdt)
+
+
+@njit(cache=True, parallel=True)
+def _softmax_heads(s, scale):
+    for bh in prange(s.shape[0]):
+        _softmax_head(s[bh], scale)
+
+
+@njit(cache=True, parallel=True)
+def _dsoftmax_heads(p, dp, scale):
+    for bh in prange(p.shape[0]):
+        _dsoftmax_head(p[bh], dp[bh], scale)
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points with the registry's calling convention: out, cache = forward(q, k, v, scale);
+# dq, dk, dv = backward(dout, cache). Caches hold references to q, k, v (and out for v3), as
+# the reference's does: callers must not change those arrays in place before backward.
+
+def _checked(q, k, v, scale):
+    if q.ndim != 4 or not (q.shape == k.shape == v.shape):
+        raise ValueError(f"q, k, v must share one (B, Hh, N, hd) shape, got {q.shape}, {k.shape}, {v.shape}")
+    dtype = np.result_type(q, k, v)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"attention kernels take float32 or float64 arrays, got {dtype}")
+    q, k, v = (np.ascontiguousarray(a, dtype=dtype) for a in (q, k, v))
+    return q, k, v, dtype.type(scale)
+
+
+def _heads(*arrays):
+    """(B, Hh, N, x) arrays as (BH, N, x) views."""
+    return [a.reshape(-1, *a.shape[2:]) for a in arrays]
+
+
+def _backward_arrays(dout, q):
+    """dout as a contiguous array of q's dtype, and empty dq, dk, dv."""
+    return np.ascontiguousarray(dout, dtype=q.dtype), np.empty_like(q), np.empty_like(q), np.empty_like(q)
+
+
+def v1_forward(q, k, v, scale):
+    q, k, v, scale = _checked(q, k, v, scale)
+    B, Hh, N, hd = q.shape
+    p, out = np.empty((B, Hh, N, N), q.dtype), np.empty_like(q)
+    _v1_forward(*_heads(q, k, v), scale, *_heads(p, out))
+    return out, (q, k, v, p, scale)
+
+
+def v1_backward(dout, cache):
+    q, k, v, p, scale = cache
+    dout, dq, dk, dv = _backward_arrays(dout, q)
+    _v1_backward(*_heads(dout, q, k, v, p), scale, *_heads(np.empty_like(p), dq, dk, dv))
+    return dq, dk, dv
+
+
+def v2_forward(q, k, v, scale):
+    q, k, v, scale = _checked(q, k, v, scale)
+    out, lse = np.empty_like(q), np.empty(q.shape[:3], q.dtype)  # lse (B, Hh, N)
+    _v2_forward(*_heads(q, k, v), scale, *_heads(out, lse), numba.config.NUMBA_NUM_THREADS)
+    return out, (q, k, v, lse, scale)
+
+
+def v2_backward(dout, cache):
+    q, k, v, lse, scale = cache
+    dout, dq, dk, dv = _backward_arrays(dout, q)
+    _v2_backward(*_heads(dout, q, k, v, lse), scale, *_heads(dq, dk, dv))
+    return dq, dk, dv
+
+
+def v3_forward(q, k, v, scale):
+    q, k, v, scale = _checked(q, k, v, scale)
+    out, lse = np.empty_like(q), np.empty(q.shape[:3], q.dtype)  # lse (B, Hh, N)
+    _v3_forward(*_heads(q, k, v), scale, *_heads(out, lse))
+    return out, (q, k, v, out, lse, scale)
+
+
+def v3_backward(dout, cache):
+    q, k, v, out, lse, scale = cache
+    dout, dq, dk, dv = _backward_arrays(dout, q)
+    _v3_backward(*_heads(dout, q, k, v, out, lse), scale, *_heads(dq, dk, dv))
+    return dq, dk, dv
+
+
+def blas_forward(q, k, v, scale):
+    q, k, v, scale = _checked(q, k, v, scale)
+    p = np.matmul(q, np.swapaxes(k, -1, -2))  # (B, Hh, N, N)
+    _softmax_heads(*_heads(p), scale)
+    return np.matmul(p, v), (q, k, v, p, scale)
+
+
+def blas_backward(dout, cache):
+    q, k, v, p, scale = cache
+    dout = np.ascontiguousarray(dout, dtype=q.dtype)
+    dv = np.matmul(np.swapaxes(p, -1, -2), dout)
+    ds = np.matmul(dout, np.swapaxes(v, -1, -2))  # (B, Hh, N, N) dP, made dS in place
+    _dsoftmax_heads(*_heads(p, ds), scale)
+    return np.matmul(ds, k), np.matmul(np.swapaxes(ds, -1, -2), q), dv
+
+
+register("attention", "cpu_v1", v1_forward, v1_backward, priority=4,
+         description="Numba: N x N scores per head as in the reference, plain loops, parallel over heads")
+register("attention", "cpu_v2", v2_forward, v2_backward, priority=3,
+         description="Numba: fused per query row, keeps the row log-sum-exp, not P")
+register("attention", "cpu_v3", v3_forward, v3_backward, priority=10,
+         description="Numba: flash-style tiles, online softmax, memory linear in N")
+register("attention", "cpu_blas", blas_forward, blas_backward, priority=5,
+         description="np.matmul (BLAS) around a Numba-fused softmax and dsoftmax")

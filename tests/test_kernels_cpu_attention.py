@@ -1,0 +1,161 @@
+"""Claims about the CPU attention kernels (kernels/cpu/attention.py and whatever else registers
+CPU attention later): each equals the NumPy reference run in float64, in float32 and float64,
+on hypothesis-drawn shapes (odd N, N not a multiple of any tile, one token, one head, hd = 1)
+and scales, also where the logits reach 1e3 and a naive exp overflows; the flash version
+(cpu_v3) keeps memory linear in N.
+
+The implementations are read from the registry at collection time, so a version added later is
+tested without touching this file. Inputs are cast to the dtype first; the float64 reference
+gets those values cast up exactly. Tolerance: for each output,
+    max|got - want| <= REL[dtype] * (1 + max|S|) * max(max|want|, floor)
+where S = scale * q @ k.T are the logits (float32 knows them only to 6e-8 * |S|, and softmax
+passes that on) and floor is the size of the terms the output sums (max|v| for out, max|dO|
+for dv, |scale| * max|dO| * max|v| * max|k or q| * sqrt(hd) for dq, dk), so that an output
+that cancels to zero is judged against its terms:
+    float32: REL 2e-6     float64: REL 1e-12   (so 1e-10 where |S| reaches 100)
+"""
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import kernels
+from kernels.reference import attention as reference
+
+REL = {"float32": 2e-6, "float64": 1e-12}
+DTYPES = ("float32", "float64")
+SETTINGS = settings(max_examples=25, deadline=None)
+IMPLS = {i.name: i for i in kernels.available("attention", device="cpu")}
+NUMBA_VERSIONS = ("cpu_v1", "cpu_v2", "cpu_v3", "cpu_blas")
+
+
+def _warm_up():
+    """Compile every version for both dtypes once (Numba caches on disk after the first run)."""
+    rng = np.random.default_rng(0)
+    for dtype in DTYPES:
+        q, k, v, g = (rng.standard_normal((1, 1, 3, 2)).astype(dtype) for _ in range(4))
+        for impl in IMPLS.values():
+            impl.backward(g, impl.forward(q, k, v, 0.5)[1])
+
+
+_warm_up()
+
+
+def qkv(seed, B, Hh, N, hd, magnitude=1.0):
+    rng = np.random.default_rng(seed)
+    return [magnitude * rng.standard_normal((B, Hh, N, hd)) for _ in range(4)]  # q, k, v, dO
+
+
+def assert_close(got, want, floor, tol, what):
+    assert np.isfinite(got).all(), f"{what}: not finite at {np.argwhere(~np.isfinite(got))[:3].tolist()}"
+    size = max(float(np.abs(want).max()), floor)
+    err = np.abs(got.astype(np.float64) - want)
+    if err.max() > tol * size:
+        i = tuple(np.unravel_index(err.argmax(), err.shape))
+        raise AssertionError(f"{what}: max abs err {err.max():.3g} > {tol:.2g} * {size:.3g}, "
+                             f"at {i}: got {got[i]!r}, want {want[i]!r}")
+
+
+def check_against_reference(name, dtype, q, k, v, dout, scale):
+    """Forward and backward of implementation `name` on inputs cast to dtype vs the float64 reference."""
+    impl = IMPLS[name]
+    mine = [np.asarray(a, dtype=dtype) for a in (q, k, v, dout)]
+    q64, k64, v64, d64 = (a.astype(np.float64) for a in mine)
+    out, cache = impl.forward(*mine[:3], scale)
+    grads = impl.backward(mine[3], cache)
+    want, ref_cache = reference.attention_forward(q64, k64, v64, scale)
+    want_grads = reference.attention_backward(d64, ref_cache)
+
+    logits = np.abs(np.matmul(q64, np.swapaxes(k64, -1, -2)) * scale).max()
+    tol = REL[dtype] * (1.0 + logits)
+    m = {x: float(np.abs(a).max()) for x, a in zip("qkvd", (q64, k64, v64, d64))}
+    terms = abs(scale) * m["d"] * m["v"] * q64.shape[-1] ** 0.5
+    floors = (m["v"], terms * m["k"], terms * m["q"], m["d"])
+    for what, got, w, floor in zip(("out", "dq", "dk", "dv"), (out, *grads), (want, *want_grads), floors):
+        assert got.dtype == np.dtype(dtype), f"{name} {what}: dtype {got.dtype}, inputs are {dtype}"
+        assert got.shape == q.shape, f"{name} {what}: shape {got.shape} != {q.shape}"
+        assert_close(got, w, floor, tol, f"{name} {dtype} {what}")
+    return out, grads
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", list(IMPLS))
+@SETTINGS
+@given(B=st.integers(1, 3), Hh=st.integers(1, 3), N=st.integers(1, 70), hd=st.integers(1, 33),
+       scale_factor=st.sampled_from([1.0, 4.0, 16.0]), magnitude=st.sampled_from([0.3, 1.0, 2.0]),
+       seed=st.integers(0, 2**32 - 1))
+def test_attention_forward_and_backward_match_float64_reference(name, dtype, B, Hh, N, hd, scale_factor,
+                                                                magnitude, seed):
+    scale = scale_factor / hd**0.5  # the usual 1/sqrt(hd), and sharper
+    check_against_reference(name, dtype, *qkv(seed, B, Hh, N, hd, magnitude), scale)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", list(IMPLS))
+@pytest.mark.parametrize("N", [1, 65, 300])
+def test_attention_with_logits_of_1e3_is_finite_and_matches_reference(name, dtype, N):
+    """exp(1e3) overflows float32 and float64 alike: only the max shift keeps these finite."""
+    q, k, v, dout = qkv(N, 1, 2, N, 16)
+    scale = 16**-0.5
+    q *= 1e3 / np.abs(np.matmul(q, np.swapaxes(k, -1, -2)) * scale).max()  # max |S| = 1e3
+    check_against_reference(name, dtype, q, k, v, dout, scale)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", list(IMPLS))
+@pytest.mark.parametrize("N", [300])
+@pytest.mark.parametrize("order", ["random", "max_in_last_keys"])
+def test_attention_over_several_query_and_key_tiles_matches_reference(name, dtype, N, order):
+    """Long enough for several of v3's tiles (about 64 queries x 128 keys); with the row max in
+    the last keys the online softmax must rescale what earlier key tiles summed."""
+    q, k, v, dout = qkv(N, 1, 1, N, 17)
+    if order == "max_in_last_keys":
+        q = np.abs(q)
+        k = np.abs(k) * np.linspace(0.1, 3.0, N)[:, None]  # logits grow along the keys
+    check_against_reference(name, dtype, q, k, v, dout, 17**-0.5)
+
+
+@pytest.mark.parametrize("name", list(IMPLS))
+def test_attention_accepts_strided_views_and_leaves_inputs_unchanged(name):
+    """q, k, v as the model makes them: views into one (B, N, 3, Hh, hd) qkv array."""
+    B, N, Hh, hd = 2, 33, 3, 8
+    rng = np.random.default_rng(1)
+    qkv_ = rng.standard_normal((B, N, 3, Hh, hd)).astype(np.float32)
+    q, k, v = np.transpose(qkv_, (2, 0, 3, 1, 4))  # each (B, Hh, N, hd), not contiguous
+    dout = np.swapaxes(rng.standard_normal((B, Hh, hd, N)).astype(np.float32), -1, -2)
+    before = qkv_.copy(), dout.copy()
+    out, grads = check_against_reference(name, "float32", q, k, v, dout, hd**-0.5)
+    np.testing.assert_array_equal(qkv_, before[0])
+    np.testing.assert_array_equal(dout, before[1])
+
+
+def test_v3_cache_holds_no_n_by_n_array_and_grows_linearly_in_n():
+    """Flash attention keeps out and the row log-sum-exp, never the (N, N) probabilities: the
+    cache's bytes and the traced peak of forward + backward double when N doubles (the
+    reference's quadruple). Numba's own scratch is not traced; v3 sizes it by tiles, not N."""
+    B, Hh, hd = 1, 2, 16
+    cache_bytes, peak = {}, {}
+    for name in ("cpu_v3", "reference"):
+        for N in (256, 512, 1024):
+            q, k, v, dout = (a.astype(np.float32) for a in qkv(N, B, Hh, N, hd))
+            tracemalloc.start()
+            out, cache = IMPLS[name].forward(q, k, v, hd**-0.5)
+            IMPLS[name].backward(dout, cache)
+            peak[name, N] = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            arrays = [a for a in cache if isinstance(a, np.ndarray)]
+            cache_bytes[name, N] = sum(a.nbytes for a in arrays)
+            if name == "cpu_v3":
+                assert all(a.size <= B * Hh * N * hd for a in arrays), [a.shape for a in arrays]
+    for N in (512, 1024):
+        assert cache_bytes["cpu_v3", N] == 2 * cache_bytes["cpu_v3", N // 2]
+        assert peak["cpu_v3", N] <= 2.2 * peak["cpu_v3", N // 2], peak
+        assert peak["reference", N] >= 3.5 * peak["reference", N // 2], peak  # the contrast: N^2
+
+
+def test_every_numba_version_is_registered_and_the_cpu_default_is_one_of_them():
+    assert set(NUMBA_VERSIONS) <= set(IMPLS), sorted(IMPLS)
+    assert all(IMPLS[n].description for n in NUMBA_VERSIONS)
+    assert kernels.get("attention", device="cpu").name in NUMBA_VERSIONS
