@@ -101,6 +101,9 @@ def run(args):
     times = {k: [] for k in fns}
     for _ in range(args.rounds):  # alternate so that machine noise hits both sides alike
         for name, fn in fns.items():
+            # Let the other framework's idle worker threads stop spinning (OpenMP and OpenBLAS
+            # pools busy-wait after a parallel region) before timing this one.
+            time.sleep(args.settle)
             for _ in range(args.steps):
                 start = time.perf_counter()
                 fn()
@@ -149,6 +152,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=3, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--settle", type=float, default=0.5, help="seconds of idle before each timed section")
     p.add_argument("--openblas", choices=["asis", "unset", "both"], default="asis")
     p.add_argument("--save", help="write the results as JSON here")
     p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)

@@ -205,7 +205,8 @@ def cmd_demo(args):
           f"setup {time.perf_counter() - start:.1f} s")
     final = trainer.fit()
     minutes = (time.perf_counter() - start) / 60
-    print(f"\ntest accuracy {final['test_acc']:.1%} after {cfg.epochs} epochs ({minutes:.1f} min); "
+    print(f"\ntest accuracy {final['test_acc']:.1%} after {cfg.epochs} epochs ({minutes:.1f} min, first step "
+          f"done {trainer.time_to_first_step:.1f} s after start); "
           f"curves: {Path(out) / 'curves.png'}; checkpoint: {Path(out) / 'best.npz'}")
     return 0
 

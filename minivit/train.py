@@ -112,6 +112,8 @@ class Trainer:
     """Builds data, model and optimizer from a TrainConfig and runs (or resumes) training."""
 
     def __init__(self, cfg: TrainConfig, resume=False):
+        self._created = time.perf_counter()
+        self.time_to_first_step = None  # seconds from construction to the end of the first step
         self.cfg = cfg
         self.out = Path(cfg.out_dir)
         if cfg.kernels:
@@ -228,6 +230,8 @@ class Trainer:
         rate = 0.0
         for x, y in self.train_loader.epoch(self.epoch, start=self.batch):
             loss, hits = self.train_step(x, y)
+            if self.time_to_first_step is None:  # data, model and kernel compilation included
+                self.time_to_first_step = time.perf_counter() - self._created
             self.step += 1
             self.batch += 1
             loss_sum, correct, seen = loss_sum + loss * len(y), correct + hits, seen + len(y)

@@ -50,6 +50,8 @@ def variants() -> dict:
             embed_dim=dim, depth=depth, num_heads=heads)
     out["vit_cifar_patch4_32"] = dict(
         img_size=32, patch_size=4, num_classes=10, embed_dim=192, depth=6, num_heads=3)
+    out["vit_mini_patch4_32"] = dict(
+        img_size=32, patch_size=4, num_classes=10, embed_dim=128, depth=6, num_heads=4, mlp_ratio=2.0)
     out["vit_demo_patch4_32"] = dict(
         img_size=32, patch_size=4, num_classes=10, embed_dim=96, depth=4, num_heads=3, mlp_ratio=2.0)
     out["vit_testing"] = dict(

@@ -50,6 +50,7 @@ PARAM_COUNTS = {
     "vit_small_patch4_32": 21_342_346,
     "vit_base_patch4_32": 85_152_010,
     "vit_cifar_patch4_32": 2_693_578,
+    "vit_mini_patch4_32": 811_146,
     "vit_demo_patch4_32": 311_338,
     "vit_testing": 32_554,
 }
