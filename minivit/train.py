@@ -268,7 +268,7 @@ class Trainer:
         record = {"epoch": self.epoch, "step": self.step, "train_loss": train_loss, "train_acc": train_acc,
                   "images_per_s": rate}
         if self.val_loader is not None:
-            record["val_loss"], record["val_acc"] = evaluate(self.model, self.val_loader, self.cfg.label_smoothing)
+            record["val_loss"], record["val_acc"] = evaluate(self.model, self.val_loader)
         if self.test_loader is not None:
             record["test_loss"], record["test_acc"] = evaluate(self.model, self.test_loader)
         self._log(record)

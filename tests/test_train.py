@@ -105,14 +105,15 @@ def resumed(request, tmp_path_factory):
 def test_tiny_vit_learns_procedural_shapes_well_above_chance(tmp_path):
     # one block of width 96 at patch 8: the cheapest setting found that learns in a few hundred steps
     cfg = tiny_config(tmp_path / "run", model_kwargs={**TINY, "embed_dim": 96, "num_heads": 4, "depth": 1},
-                      num_samples=3000, val_size=0, epochs=2, batch_size=16, lr=3e-3, warmup_epochs=0.3,
+                      num_samples=3000, val_size=0, epochs=10, batch_size=16, lr=2e-3, warmup_epochs=0.5,
                       augment=False, log_every=1000)
     start = time.perf_counter()
     final = Trainer(cfg).fit()
     print(f"test accuracy {final['test_acc']:.3f}, test loss {final['test_loss']:.3f} after {cfg.epochs} "
           f"epochs ({time.perf_counter() - start:.1f} s)")
     assert final["epoch"] == cfg.epochs
-    # It reaches about 0.19. Chance is 0.10, with a standard deviation of 0.007 on 2000 test images.
+    # It reaches about 0.22 (0.15 after 4 epochs: ViTs learn these shapes slowly). Chance is 0.10,
+    # with a standard deviation of 0.007 on 2000 test images.
     assert final["test_acc"] > 0.15
     assert final["test_loss"] < np.log(10) - 0.03
 
