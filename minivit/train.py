@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ from . import random as mrandom
 from .autograd import no_grad
 from .checkpoint import CheckpointError, load_checkpoint, load_weights, optimizer_state, save_checkpoint
 from .models import create_model
+from .vit import config_from_dict
 
 
 @dataclass
@@ -62,11 +63,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d):
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise TypeError(f"unknown training option(s) {unknown}")
-        return cls(**d)
+        return config_from_dict(cls, d, "training")
 
 
 def param_groups(model, weight_decay):

@@ -22,6 +22,15 @@ POS_EMBEDS = ("learn", "none", "learn_2d", "sincos", "relative")
 POS_EMBED_AT = ("input", "every_block", "every_block_shared")
 
 
+def config_from_dict(cls, d, what):
+    """cls(**d) for a config dataclass, with a TypeError naming unknown keys and the valid ones."""
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise TypeError(f"unknown {what} option(s) {unknown}; valid options: {sorted(names)}")
+    return cls(**d)
+
+
 @dataclass
 class ViTConfig:
     img_size: int = 224
@@ -75,11 +84,7 @@ class ViTConfig:
 
     @classmethod
     def from_dict(cls, d):
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise TypeError(f"unknown ViT option(s) {unknown}; valid options: {sorted(names)}")
-        return cls(**d)
+        return config_from_dict(cls, d, "ViT")
 
 
 class PatchProjection(nn.Module):
