@@ -275,7 +275,7 @@ def cmd_recipes(args):
 
 
 def cmd_sweep(args):
-    from .sweep import parse_grid, run_sweep
+    from .sweep import parse_grid, parse_point, run_sweep
 
     if not args.out:
         raise SystemExit("minivit sweep needs --out DIR (the folder for its runs and tables)")
@@ -283,7 +283,14 @@ def cmd_sweep(args):
         raise SystemExit("a sweep resumes by itself: run the same command again to skip finished points")
     args.out, out = None, args.out
     cfg = train_config_from_args(args)
-    rows = run_sweep(cfg, parse_grid(args.grid), out)
+    if not args.grid and not args.point:
+        raise SystemExit("minivit sweep needs --grid key=v1,v2 ... or one or more --point key=v ...")
+    try:
+        grid = parse_grid(args.grid or [])
+        points = [parse_point(p) for p in args.point or []]
+    except ValueError as e:
+        raise SystemExit(str(e))
+    rows = run_sweep(cfg, grid, out, points)
     print((Path(out) / "results.md").read_text() if rows else "no results")
     return 0
 
@@ -351,7 +358,9 @@ def build_parser():
 
     s = sub.add_parser("sweep", help="train a grid of model options and tabulate the results")
     _add_train_args(s)
-    s.add_argument("--grid", nargs="+", required=True, help="key=v1,v2 ... (ViT or training options)")
+    s.add_argument("--grid", nargs="+", help="key=v1,v2 ... (ViT or training options): every combination")
+    s.add_argument("--point", nargs="+", action="append",
+                   help="key=v ...: one explicit point (repeat --point for more); after the grid's points")
     s.set_defaults(func=cmd_sweep)
 
     b = sub.add_parser("bench", help="empirical compute cost: throughput and memory vs resolution")

@@ -7,6 +7,11 @@ Every grid key is a ViT option (`pos_embed`, `global_pool`, `depth`, `embed_dim`
 ...) or a training option (`lr`, `epochs`, ...). Each point trains in its own run folder under
 --out; `results.jsonl` gains a row per finished point (so a stopped sweep resumes by skipping
 them), and `results.md` and `results.png` are rewritten after every point.
+
+Comparisons that are not a product of options (depth against width at an equal budget) list
+their points one by one instead, each a set of options trained together:
+
+    minivit sweep --point depth=8 embed_dim=64 num_heads=2 --point depth=2 embed_dim=128 num_heads=4 ...
 """
 from __future__ import annotations
 
@@ -37,6 +42,17 @@ def parse_grid(items):
     return grid
 
 
+def parse_point(items):
+    """["depth=8", "embed_dim=64"] -> {"depth": 8, "embed_dim": 64}: one explicit sweep point."""
+    point = {}
+    for key, values in parse_grid(items).items():
+        if len(values) != 1:
+            raise ValueError(f"a --point gives one value per option, got {key}={','.join(map(str, values))}; "
+                             "use --grid for a product of values")
+        point[key] = values[0]
+    return point
+
+
 def _parse_value(text):
     low = text.lower()
     if low in ("true", "false"):
@@ -58,8 +74,13 @@ def point_name(point):
     return "-".join(f"{k}={v}" for k, v in point.items())
 
 
-def run_sweep(base: TrainConfig, grid, out_dir):
-    """Train every grid point (skipping finished ones); returns the result rows."""
+def run_sweep(base: TrainConfig, grid, out_dir, points=()):
+    """Train every point of the grid, then every explicit point (each a dict of options),
+    skipping finished ones; returns the result rows."""
+    points = (grid_points(grid) if grid else []) + [dict(p) for p in points]
+    if not points:
+        raise ValueError("a sweep needs a --grid or at least one --point")
+    keys = list(dict.fromkeys(k for p in points for k in p))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.jsonl"
@@ -68,7 +89,7 @@ def run_sweep(base: TrainConfig, grid, out_dir):
         for line in results_path.read_text().splitlines():
             row = json.loads(line)
             done[row["point"]] = row
-    for point in grid_points(grid):
+    for point in points:
         name = point_name(point)
         if name in done:
             print(f"[sweep] {name}: done already, skipping")
@@ -88,7 +109,7 @@ def run_sweep(base: TrainConfig, grid, out_dir):
         with open(results_path, "a") as f:
             f.write(json.dumps(row) + "\n")
         done[name] = row
-        write_tables(list(done.values()), list(grid), out)
+        write_tables(list(done.values()), keys, out)
     return list(done.values())
 
 
@@ -103,9 +124,13 @@ def write_tables(rows, keys, out):
         lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     y_key = "test_acc" if any("test_acc" in r for r in rows) else "val_acc"
-    plot_rows = [{**r, "point": r["point"]} for r in rows if y_key in r]
-    if plot_rows:
+    plot_rows = [r for r in rows if y_key in r]
+    if not plot_rows:
+        return
+    if all(k in r for r in plot_rows for k in keys[:2]):  # a product grid: x the first key, series the second
         plot_sweep(plot_rows, keys[0], y_key, out / "results.png", label_key=keys[1] if len(keys) > 1 else None)
+    else:  # explicit points with different keys: one bar per point
+        plot_sweep(plot_rows, "point", y_key, out / "results.png")
 
 
 def _fmt(v):
