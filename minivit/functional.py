@@ -128,6 +128,48 @@ def scaled_dot_product_attention(q, k, v, scale=None, bias=None, dropout_p=0.0, 
     return (out, weights) if return_weights else out
 
 
+class QKVAttention(Function):
+    """Multi-head attention read straight from the qkv projection's output, (B, N, 3D) -> (B, N, D).
+
+    One copy splits the packed (B, N, 3, Hh, hd) projection into contiguous (3, B, Hh, N, hd)
+    heads for the registry's attention kernel and one merges its (B, Hh, N, hd) output back into
+    tokens; backward does the same in reverse, so the whole qkv projection stays one matmul
+    (forward and backward) instead of three."""
+
+    @staticmethod
+    def forward(ctx, qkv, num_heads, scale):
+        B, N, D3 = qkv.shape
+        hd = D3 // (3 * num_heads)
+        xp = array_module(qkv)
+        heads = xp.ascontiguousarray(qkv.reshape(B, N, 3, num_heads, hd).transpose(2, 0, 3, 1, 4))
+        ctx.impl = kernels.get("attention", device_of(qkv))
+        out, ctx.cache = ctx.impl.forward(heads[0], heads[1], heads[2], scale=scale)  # (B, Hh, N, hd)
+        ctx.shape = (B, N, num_heads, hd)
+        return xp.ascontiguousarray(out.transpose(0, 2, 1, 3)).reshape(B, N, num_heads * hd)
+
+    @staticmethod
+    def backward(ctx, grad):
+        B, N, Hh, hd = ctx.shape
+        xp = array_module(grad)
+        dout = xp.ascontiguousarray(grad.reshape(B, N, Hh, hd).transpose(0, 2, 1, 3))
+        dq, dk, dv = ctx.impl.backward(dout, ctx.cache)
+        dqkv = xp.empty((B, N, 3, Hh, hd), dtype=dq.dtype)
+        for i, d in enumerate((dq, dk, dv)):
+            dqkv[:, :, i] = d.transpose(0, 2, 1, 3)
+        return dqkv.reshape(B, N, 3 * Hh * hd), None, None
+
+
+def qkv_attention(qkv, num_heads, scale=None) -> Tensor:
+    """softmax(scale * q k^T) v over num_heads heads, with q, k, v the thirds of the last axis of
+    qkv (B, N, 3D), each split into heads as timm does; returns (B, N, D)."""
+    if qkv.ndim != 3 or qkv.shape[-1] % (3 * num_heads):
+        raise ValueError(f"qkv should be (B, N, 3 * D) with D a multiple of {num_heads} heads, "
+                         f"got shape {tuple(qkv.shape)}")
+    hd = qkv.shape[-1] // (3 * num_heads)
+    scale = 1.0 / math.sqrt(hd) if scale is None else scale
+    return QKVAttention.apply(qkv, num_heads, scale)
+
+
 def cross_entropy(logits, labels, label_smoothing=0.0) -> Tensor:
     """Mean softmax cross-entropy of logits (B, K) against integer labels (B,), with optional
     label smoothing; the same function as torch.nn.functional.cross_entropy."""

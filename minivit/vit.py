@@ -130,8 +130,12 @@ class Attention(nn.Module):
     def forward(self, x, return_weights=False):
         B, T, D = x.shape
         Hh, hd = self.num_heads, self.head_dim
-        # Three projections through slices of the stacked weight: each head-split is then a view,
-        # and backward writes each slice's gradient into its third of qkv.weight.
+        plain = self.relative_index is None and not (self.attn_drop and self.training) and not return_weights
+        if plain:  # one qkv matmul; the fused op splits and merges the heads around the kernel
+            return self.proj_drop(self.proj(F.qkv_attention(self.qkv(x), Hh, self.scale)))
+        # The composed path (relative bias, attention dropout, weights for analysis): three
+        # projections through slices of the stacked weight, so each head-split is a view, and
+        # backward writes each slice's gradient into its third of qkv.weight.
         w, b = self.qkv.weight, self.qkv.bias
         q, k, v = (
             F.linear(x, w[i * D:(i + 1) * D], None if b is None else b[i * D:(i + 1) * D])

@@ -259,6 +259,53 @@ def test_attention_weights_path_equals_the_fused_path_and_its_weights_backward_i
                    [q, k], seed)
 
 
+@st.composite
+def packed_attention_case(draw):
+    (b, h, n, hd), scale = draw(attention_case())
+    return (b, n, 3 * h * hd), h, scale
+
+
+def _split_heads_attention(qkv, heads, scale):
+    """The composed way: q, k, v as the thirds of qkv's last axis, each split into heads."""
+    B, N, D3 = qkv.shape
+    D = D3 // 3
+    q, k, v = (qkv[:, :, i * D:(i + 1) * D].reshape(B, N, heads, D // heads).transpose(0, 2, 1, 3)
+               for i in range(3))
+    out = F.scaled_dot_product_attention(q, k, v, scale)
+    return out.transpose(0, 2, 1, 3).reshape(B, N, D)
+
+
+@SETTINGS
+@given(case=packed_attention_case(), seed=seeds)
+def test_qkv_attention_backward_matches_central_differences(case, seed):
+    shape, heads, scale = case
+    qkv = normal(np.random.default_rng(seed), shape)
+    check_backward(lambda x: F.qkv_attention(x, heads, scale), [qkv], seed)
+
+
+@pytest.mark.parametrize("impl", [i.name for i in kernels.available("attention", "cpu")])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_qkv_attention_equals_attention_on_split_heads_with_every_kernel(impl, dtype):
+    rng = np.random.default_rng(3)
+    qkv = normal(rng, (2, 9, 3 * 3 * 5)).astype(dtype)  # 3 heads of 5
+    upstream = rng.standard_normal((2, 9, 15)).astype(dtype)
+    with kernels.use(attention=impl):
+        results = []
+        for f in (F.qkv_attention, _split_heads_attention):
+            x = Tensor(qkv.copy(), requires_grad=True)
+            out = f(x, 3, 0.4)
+            out.backward(upstream)
+            assert out.dtype == dtype and x.grad.dtype == dtype
+            results.append((out.data, x.grad))
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, **TOL[dtype])
+
+
+def test_qkv_attention_names_the_expected_shape():
+    with pytest.raises(ValueError, match=r"\(B, N, 3 \* D\) with D a multiple of 2 heads, got shape \(2, 5, 9\)"):
+        F.qkv_attention(Tensor(np.zeros((2, 5, 9))), 2)
+
+
 def _attention_with_dropout(seed, p):
     def f(q, k, v):
         minivit.manual_seed(seed)  # the same mask on every call
