@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import kernels  # noqa: F401  (before NumPy: it sets OPENBLAS_THREAD_TIMEOUT, see kernels/__init__.py)
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -119,7 +120,7 @@ def run(args):
     fwd = model_flops(cfg, args.batch_size)
     result = {
         "model": args.model, "batch_size": args.batch_size, "threads": args.threads,
-        "openblas_env": {v: os.environ.get(v) for v in OPENBLAS_VARS},
+        "openblas_env": {v: os.environ.get(v) for v in OPENBLAS_VARS + ("OPENBLAS_THREAD_TIMEOUT",)},
         "logits_rel_err_vs_torch": err,
         "median_s": med,
         "images_per_s": {k: args.batch_size / v for k, v in med.items()},

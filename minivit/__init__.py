@@ -6,6 +6,8 @@
     loss = minivit.functional.cross_entropy(logits, labels)
     loss.backward()
 """
+import kernels  # noqa: F401  (first: it sets OpenBLAS's thread timeout before NumPy loads OpenBLAS)
+
 from . import functional, nn, optim
 from .autograd import Function, Tensor, enable_grad, is_grad_enabled, no_grad, tensor
 from .models import create_model, list_models, model_config, register_model

@@ -54,6 +54,13 @@ def _attention_pass(model, x, num_images, distance_images, batch_size, grid, pat
     return dist, maps, preds, n_dist
 
 
+def sample_images(ds, n, seed=0):
+    """A seeded random subset of n images of a dataset, in random order: image-folder test splits
+    are sorted by class, and their first n images would all be airplanes."""
+    idx = np.random.default_rng(seed).permutation(len(ds))[:n]
+    return ds.subset(idx)
+
+
 def analyze(model, images, out_dir, num_images=8, distance_images=256, batch_size=32):
     """Write embedding_filters.png, position_similarity.png, attention_distance.png,
     attention_maps.png and analysis.json into out_dir; return {name: path} of what was written.

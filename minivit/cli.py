@@ -213,13 +213,13 @@ def cmd_demo(args):
 
 def cmd_analyze(args):
     from . import data as mdata
-    from .analyze import analyze
+    from .analyze import analyze, sample_images
 
     model, meta, (mean, std) = _load_for_inference(args.checkpoint)
     train_cfg = meta.get("train_config", {})
     ds = mdata.load_dataset(train_cfg.get("dataset", "cifar10"), args.data_dir or train_cfg.get("data_dir"),
                             "test", seed=0)
-    ds = ds.subset(np.arange(min(len(ds), args.images)))
+    ds = sample_images(ds, args.images)
     x = mdata.normalize(ds.images, mean, std)
     paths = analyze(model, {"x": x, "display": ds.images}, args.out, distance_images=args.images)
     for name, path in paths.items():

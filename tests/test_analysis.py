@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from minivit import analysis, plots
-from minivit.analyze import analyze
+from minivit.analyze import analyze, sample_images
 
 
 def one_hot_attention(targets, B=2, Hh=3, prefix=1):
@@ -350,3 +350,16 @@ def test_analyze_without_class_token_or_pos_embed_skips_the_position_figure(tmp_
     assert rep["attention_distance"]["num_images"] == 3
     assert len(rep["attention_maps"]["predictions"]) == 5
     assert_png(paths["attention_maps"], 100, 100)
+
+
+def test_sample_images_spreads_over_a_class_sorted_split_and_is_seeded():
+    from minivit.data.loader import Dataset
+
+    labels = np.repeat(np.arange(10), 25)  # an image-folder split: sorted by class
+    images = np.arange(250, dtype=np.uint8).reshape(250, 1, 1, 1) * np.ones((1, 2, 2, 3), np.uint8)  # pixel = index
+    ds = Dataset(images, labels, [str(c) for c in range(10)], "sorted", {})
+    first = sample_images(ds, 8)
+    assert len(first) == 8 and len(np.unique(first.labels)) >= 4  # the first 8 images would be one class
+    np.testing.assert_array_equal(first.labels, labels[first.images[:, 0, 0, 0]])  # images keep their labels
+    np.testing.assert_array_equal(sample_images(ds, 8).labels, first.labels)
+    assert len(sample_images(ds, 1000)) == 250

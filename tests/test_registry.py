@@ -199,3 +199,23 @@ def test_a_malformed_minivit_kernels_variable_fails_with_the_parse_error():
     result = _run_python(PRINT_CHOICES, "attention")
     assert result.returncode != 0
     assert "op=name" in result.stderr
+
+
+def test_importing_minivit_sets_openblas_thread_timeout_before_numpy_unless_the_user_did():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import minivit, os, sys; "
+            "print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'), 'numpy' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["4", "True"]
+    # the user's own choice wins
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OPENBLAS_THREAD_TIMEOUT": "12"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["12", "True"]
+    # and kernels is imported before numpy, so OpenBLAS reads it at load
+    probe = "import sys; import minivit; print(list(sys.modules).index('kernels') < list(sys.modules).index('numpy'))"
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
