@@ -21,13 +21,22 @@ def _pair(v):
 
 
 def _similarity_by_distance(sim):
-    """Mean cosine similarity of patch pairs one grid step apart vs. further apart (locality)."""
+    """Summaries of the position-similarity grid: mean cosine similarity of patch pairs one grid
+    step apart vs. further apart (locality), and, among pairs at least two steps apart, of those in
+    the same row, the same column, and neither (the paper's row/column structure)."""
     gh, gw = sim.shape[:2]
     dist = analysis.patch_distances((gh, gw), 1.0)              # (N, N) in grid steps
     s = sim.reshape(gh * gw, gh * gw)
-    near, far = s[np.isclose(dist, 1.0)], s[dist > 1.5]
-    return {"neighbours": float(near.mean()) if near.size else None,
-            "non_neighbours": float(far.mean()) if far.size else None}
+    r, c = np.divmod(np.arange(gh * gw), gw)
+    same_row, same_col = r[:, None] == r[None], c[:, None] == c[None]
+    apart = dist >= 2.0
+
+    def mean(mask):
+        return float(s[mask].mean()) if mask.any() else None
+
+    return {"neighbours": mean(np.isclose(dist, 1.0)), "non_neighbours": mean(dist > 1.5),
+            "same_row_apart": mean(same_row & apart), "same_column_apart": mean(same_col & apart),
+            "other_apart": mean(~same_row & ~same_col & apart)}
 
 
 def _attention_pass(model, x, num_images, distance_images, batch_size, grid, patch, prefix):

@@ -363,3 +363,18 @@ def test_sample_images_spreads_over_a_class_sorted_split_and_is_seeded():
     np.testing.assert_array_equal(first.labels, labels[first.images[:, 0, 0, 0]])  # images keep their labels
     np.testing.assert_array_equal(sample_images(ds, 8).labels, first.labels)
     assert len(sample_images(ds, 1000)) == 250
+
+
+def test_position_similarity_summary_separates_rows_from_columns():
+    from minivit.analyze import _similarity_by_distance
+
+    gh = gw = 4
+    r, c = np.divmod(np.arange(gh * gw), gw)
+    rows = np.eye(gh)[r]  # an embedding that encodes only the row: same row -> cosine 1, else 0
+    sim = analysis.position_embedding_similarity(rows, (gh, gw), num_prefix_tokens=0)
+    summary = _similarity_by_distance(sim)
+    assert summary["same_row_apart"] == pytest.approx(1.0)
+    assert summary["same_column_apart"] == pytest.approx(0.0)
+    assert summary["other_apart"] == pytest.approx(0.0)
+    # neighbours: of the 2*(4*3)*2 ordered adjacent pairs half share a row
+    assert summary["neighbours"] == pytest.approx(0.5)
