@@ -13,7 +13,7 @@ import os
 # OpenBLAS's idle worker threads spin for 2^28 cycles (about 0.1 s) after every call by default,
 # and on a 2-core machine they took a core away from each Numba kernel that followed a matmul (in
 # a training step, nearly all of them). 2^4 cycles makes them sleep at once: vit_cifar's training
-# step went from 0.93x to 1.15x PyTorch's speed (benchmarks/train_step.py). Set the variable
+# step went from 0.93x to 1.07-1.15x PyTorch's speed (benchmarks/train_step.py). Set the variable
 # yourself to choose another value.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 

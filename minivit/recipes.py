@@ -10,7 +10,8 @@ RECIPES: dict[str, dict] = {
         "val_size": 5000,
     },
     "cifar10-hour": {
-        "__doc__": "vit_mini_patch4_32 on CIFAR-10 for 8 epochs at a higher learning rate: under 60 minutes on 2 cores",
+        "__doc__": ("vit_mini_patch4_32 on CIFAR-10 for 8 epochs at a higher learning rate: about an hour on 2 cores "
+                    "(64.0% test in 62 min, measured)"),
         "model": "vit_mini_patch4_32", "dataset": "cifar10", "epochs": 8, "batch_size": 128, "lr": 2e-3,
         "min_lr": 1e-5, "weight_decay": 0.05, "warmup_epochs": 0.5, "label_smoothing": 0.1, "grad_clip": 1.0,
         "val_size": 5000,
