@@ -10,8 +10,8 @@ import kernels  # noqa: F401  (first: it sets OpenBLAS's thread timeout before N
 
 from . import functional, nn, optim
 from .autograd import Function, Tensor, enable_grad, is_grad_enabled, no_grad, tensor
-from .models import create_model, list_models, model_config, register_model
-from .random import get_rng_state, manual_seed, set_rng_state
+from .variants import create_model, list_models, model_config, register_model
+from .rng import get_rng_state, manual_seed, set_rng_state
 from .vit import ViT, ViTConfig
 
 __version__ = "0.1.0"

@@ -59,7 +59,7 @@ def _add_train_args(p):
 
 def train_config_from_args(args):
     """TrainConfig from: defaults < recipe < --resume's saved config < explicit flags."""
-    from .recipes import get_recipe
+    from .train.recipes import get_recipe
     from .train import TrainConfig
 
     values = asdict(TrainConfig())
@@ -126,7 +126,7 @@ def cmd_train(args):
 
 def _load_for_inference(path):
     """(model in eval mode, checkpoint meta, (mean, std) of its input normalisation)."""
-    from .checkpoint import model_from_checkpoint, normalization
+    from .train.checkpoint import model_from_checkpoint, normalization
 
     model, ckpt = model_from_checkpoint(path)
     model.eval()
@@ -213,7 +213,7 @@ def cmd_demo(args):
 
 def cmd_analyze(args):
     from . import data as mdata
-    from .analyze import analyze, sample_images
+    from .analysis.report import analyze, sample_images
 
     model, meta, (mean, std) = _load_for_inference(args.checkpoint)
     train_cfg = meta.get("train_config", {})
@@ -229,7 +229,7 @@ def cmd_analyze(args):
 
 def cmd_fewshot(args):
     from . import data as mdata
-    from .fewshot import fewshot_from_checkpoint
+    from .analysis.fewshot import fewshot_from_checkpoint
 
     model, meta, (mean, std) = _load_for_inference(args.checkpoint)
     train_cfg = meta.get("train_config", {})
@@ -256,7 +256,7 @@ def cmd_kernels(args):
 
 
 def cmd_models(args):
-    from .models import list_models, model_config
+    from .variants import list_models, model_config
 
     for name in list_models(args.pattern):
         c = model_config(name)
@@ -266,7 +266,7 @@ def cmd_models(args):
 
 
 def cmd_recipes(args):
-    from .recipes import RECIPES
+    from .train.recipes import RECIPES
 
     for name, recipe in RECIPES.items():
         print(f"{name}: {recipe['__doc__']}")
@@ -275,7 +275,7 @@ def cmd_recipes(args):
 
 
 def cmd_sweep(args):
-    from .sweep import parse_grid, parse_point, run_sweep
+    from .train.sweep import parse_grid, parse_point, run_sweep
 
     if not args.out:
         raise SystemExit("minivit sweep needs --out DIR (the folder for its runs and tables)")
@@ -298,7 +298,7 @@ def cmd_sweep(args):
 def cmd_bench(args):
     import json as _json
 
-    from .benchmark import bench_models, plot_bench
+    from .analysis.throughput import bench_models, plot_bench
 
     names = args.models.split(",")
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -387,7 +387,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from .checkpoint import CheckpointError
+    from .train.checkpoint import CheckpointError
     from .data import DataNotFoundError
 
     try:

@@ -3,7 +3,7 @@
 Each fused op (linear, patch embedding, layernorm, gelu, softmax, attention, softmax-cross-entropy)
 is a `KernelOp`: its forward and backward are array kernels fetched from the `kernels` registry at
 call time, so `kernels.use(attention="cpu_v3")` changes what runs without touching model code.
-Dropout and drop-path draw their masks from `minivit.random` and are written out here.
+Dropout and drop-path draw their masks from `minivit.rng` and are written out here.
 
 Shape letters: B batch, N tokens, D width, Hh heads, hd = D / Hh, K classes.
 """
@@ -15,7 +15,7 @@ import numpy as np
 
 import kernels
 
-from . import random as mrandom
+from . import rng
 from .autograd import Function, Tensor, array_module, device_of
 
 
@@ -226,6 +226,6 @@ def drop_path(x, p=0.0, training=True) -> Tensor:
 
 
 def _keep_mask(shape, p, dtype, like):
-    keep = mrandom.generator().random(shape, dtype=np.float32) >= p
+    keep = rng.generator().random(shape, dtype=np.float32) >= p
     mask = keep.astype(dtype) * np.asarray(1.0 / (1.0 - p), dtype=dtype)
     return mask if array_module(like) is np else array_module(like).asarray(mask)

@@ -10,7 +10,7 @@ from collections import OrderedDict
 import numpy as np
 
 from . import functional as F
-from . import random as mrandom
+from . import rng
 from .autograd import Tensor, array_module
 
 
@@ -176,11 +176,11 @@ class Identity(Module):
 def trunc_normal(shape, std=0.02, dtype=np.float32):
     """Normal(0, std) truncated to [-2 std, 2 std] by resampling (the truncation of JAX's
     initializers; timm's trunc_normal_ cuts at +-2 absolute, i.e. hardly at all for std 0.02)."""
-    rng = mrandom.generator()
-    out = rng.standard_normal(shape)
+    gen = rng.generator()
+    out = gen.standard_normal(shape)
     bad = np.abs(out) > 2.0
     while bad.any():
-        out[bad] = rng.standard_normal(int(bad.sum()))
+        out[bad] = gen.standard_normal(int(bad.sum()))
         bad = np.abs(out) > 2.0
     return (out * std).astype(dtype)
 

@@ -1,4 +1,4 @@
-"""Tests for minivit.analysis (Sec. 4.5 numbers), minivit.plots and minivit.analyze, on
+"""Tests for minivit.analysis (Sec. 4.5 numbers), minivit.analysis.plots and minivit.analysis.report, on
 constructed cases whose answer is known."""
 import json
 import math
@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minivit import analysis, plots
-from minivit.analyze import analyze, sample_images
+from minivit.analysis import measures as analysis
+from minivit.analysis import plots
+from minivit.analysis import fewshot
+from minivit.analysis.fewshot import fewshot_linear_eval, sample_shots
+from minivit.analysis.report import analyze, sample_images
 
 
 def one_hot_attention(targets, B=2, Hh=3, prefix=1):
@@ -204,9 +207,9 @@ def gaussian_blobs(n_per_class, K, F, seed, sep=10.0):
 @pytest.mark.parametrize("F", [8, 200])  # primal (n >= F) and dual (F > n) solves
 def test_fewshot_on_separable_features_is_perfect(F):
     x, y = gaussian_blobs(30, 5, F, seed=5)
-    idx = analysis.sample_shots(y, 10, seed=0)
+    idx = sample_shots(y, 10, seed=0)
     test = np.setdiff1d(np.arange(len(y)), idx)
-    acc = analysis.fewshot_linear_eval(x[idx], y[idx], x[test], y[test], num_classes=5)
+    acc = fewshot_linear_eval(x[idx], y[idx], x[test], y[test], num_classes=5)
     assert acc == 1.0
 
 
@@ -214,7 +217,7 @@ def test_fewshot_on_random_labels_is_near_chance():
     rng = np.random.default_rng(6)
     x = rng.normal(size=(4000, 16))
     y = rng.integers(0, 4, size=4000)
-    acc = analysis.fewshot_linear_eval(x[:2000], y[:2000], x[2000:], y[2000:], 4)
+    acc = fewshot_linear_eval(x[:2000], y[:2000], x[2000:], y[2000:], 4)
     assert abs(acc - 0.25) < 0.05
 
 
@@ -222,19 +225,19 @@ def test_ridge_primal_and_dual_solves_give_the_same_weights():
     rng = np.random.default_rng(7)
     for n, f in [(12, 30), (30, 12)]:                           # wide and tall
         X, Y = rng.normal(size=(n, f)), rng.normal(size=(n, 4))
-        np.testing.assert_allclose(analysis._ridge_solve(X, Y, 2.0, dual=True),
-                                   analysis._ridge_solve(X, Y, 2.0, dual=False), atol=1e-10)
+        np.testing.assert_allclose(fewshot._ridge_solve(X, Y, 2.0, dual=True),
+                                   fewshot._ridge_solve(X, Y, 2.0, dual=False), atol=1e-10)
 
 
 def test_sample_shots_returns_exactly_k_per_class_deterministically():
     y = np.random.default_rng(8).integers(0, 7, size=500)
-    idx = analysis.sample_shots(y, 5, seed=3)
+    idx = sample_shots(y, 5, seed=3)
     np.testing.assert_array_equal(np.bincount(y[idx], minlength=7), np.full(7, 5))
     assert len(np.unique(idx)) == len(idx)
-    np.testing.assert_array_equal(idx, analysis.sample_shots(y, 5, seed=3))
-    assert not np.array_equal(idx, analysis.sample_shots(y, 5, seed=4))
+    np.testing.assert_array_equal(idx, sample_shots(y, 5, seed=3))
+    assert not np.array_equal(idx, sample_shots(y, 5, seed=4))
     with pytest.raises(ValueError):
-        analysis.sample_shots(y, 1000, seed=0)
+        sample_shots(y, 1000, seed=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,7 +369,7 @@ def test_sample_images_spreads_over_a_class_sorted_split_and_is_seeded():
 
 
 def test_position_similarity_summary_separates_rows_from_columns():
-    from minivit.analyze import _similarity_by_distance
+    from minivit.analysis.report import _similarity_by_distance
 
     gh = gw = 4
     r, c = np.divmod(np.arange(gh * gw), gw)

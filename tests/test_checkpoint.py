@@ -1,4 +1,4 @@
-"""Tests for minivit.checkpoint: exact round trips, no pickle, atomic writes, and damaged files
+"""Tests for minivit.train.checkpoint: exact round trips, no pickle, atomic writes, and damaged files
 that fail with a CheckpointError naming them."""
 import json
 import os
@@ -10,8 +10,8 @@ import pytest
 
 from minivit import functional as F
 from minivit import optim
-from minivit import random as mrandom
-from minivit.checkpoint import (FORMAT, CheckpointError, load_checkpoint, load_weights, model_from_checkpoint,
+from minivit import rng as mrandom
+from minivit.train.checkpoint import (FORMAT, CheckpointError, load_checkpoint, load_weights, model_from_checkpoint,
                                 optimizer_state, save_checkpoint)
 from minivit.vit import ViT
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import kernels
-from minivit.checkpoint import load_checkpoint
+from minivit.train.checkpoint import load_checkpoint
 from minivit.cli import build_parser, main, train_config_from_args
 from minivit.data import make_procedural
 
@@ -187,8 +187,8 @@ def test_eval_on_a_missing_checkpoint_exits_2_naming_the_file(tmp_path, capsys):
 
 @pytest.mark.parametrize("command", ["eval", "predict"])
 def test_eval_and_predict_of_a_weights_only_checkpoint_do_not_crash(tmp_path, capsys, command):
-    from minivit.checkpoint import save_checkpoint
-    from minivit.models import create_model
+    from minivit.train.checkpoint import save_checkpoint
+    from minivit.variants import create_model
 
     path = save_checkpoint(tmp_path / "weights.npz", create_model("vit_testing", embed_dim=32, depth=1))
     extra = ["--dataset", "procedural"] if command == "eval" else [str(write_png(tmp_path / "a.png"))]
@@ -303,7 +303,7 @@ def test_models_lists_the_paper_variants_and_filters_by_pattern(capsys):
 
 
 def test_recipes_lists_every_recipe_with_its_settings(capsys):
-    from minivit.recipes import RECIPES
+    from minivit.train.recipes import RECIPES
 
     assert main(["recipes"]) == 0
     out = capsys.readouterr().out

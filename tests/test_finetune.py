@@ -1,4 +1,4 @@
-"""Tests for minivit.finetune (ViT paper Section 3.2): position embeddings interpolated to a new
+"""Tests for minivit.train.finetune (ViT paper Section 3.2): position embeddings interpolated to a new
 patch grid, a fresh zero head for new classes, no pre-logits layer, and `train --init-from`."""
 import re
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minivit import random as mrandom
-from minivit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from minivit import rng as mrandom
+from minivit.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from minivit.cli import main
-from minivit.finetune import adapt_state_dict, init_from_checkpoint, resize_pos_embed
+from minivit.train.finetune import adapt_state_dict, init_from_checkpoint, resize_pos_embed
 from minivit.train import TrainConfig, Trainer
 from minivit.vit import ViT
 

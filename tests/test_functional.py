@@ -52,17 +52,32 @@ def _run_both(ours, theirs, arrays, upstream, dtype):
 
 
 def _assert_matches_torch(ours, theirs, arrays, seed, dtype):
+    """Our op and torch's agree in dtype to TOL, or, where the inputs are ill-conditioned (a
+    LayerNorm row whose variance is near eps amplifies float32 rounding by 1/std), ours is at most
+    twice as far from torch's float64 result as torch's own float32 result is."""
     rng = np.random.default_rng(seed)
     with minivit.no_grad():
         shape = ours(*[None if a is None else Tensor(np.asarray(a, dtype=dtype)) for a in arrays]).shape
     upstream = rng.standard_normal(shape)
     out, grads, tout, tgrads = _run_both(ours, theirs, arrays, upstream, dtype)
-    np.testing.assert_allclose(out, tout, **TOL[dtype], err_msg="forward")
+    exact = _run_both(ours, theirs, arrays, upstream, np.float64)[2:] if dtype != np.float64 else None
+
+    def close(mine, torch_value, which, name):
+        tol = TOL[dtype]["atol"] + TOL[dtype]["rtol"] * np.abs(torch_value)
+        if exact is not None:
+            truth = exact[0] if which is None else exact[1][which]
+            tol = np.maximum(tol, 2.0 * np.abs(torch_value - truth))
+            err = np.abs(mine.astype(np.float64) - truth)
+        else:
+            err = np.abs(mine - torch_value)
+        assert (err <= tol).all(), f"{name}: max error {err.max():.3g}, allowed {tol.flat[np.argmax(err - tol)]:.3g}"
+
+    close(out, tout, None, "forward")
     for i, (g, tg) in enumerate(zip(grads, tgrads)):
         if tg is None:
             continue
         assert g is not None and g.dtype == dtype, f"input {i}"
-        np.testing.assert_allclose(g, tg, **TOL[dtype], err_msg=f"gradient of input {i}")
+        close(g, tg, i, f"gradient of input {i}")
 
 
 # ---- linear ---------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The ViT model and its registry (minivit/vit.py, minivit/models.py, minivit/posemb.py):
+"""The ViT model and its registry (minivit/vit.py, minivit/variants.py, minivit/posemb.py):
 exact parameter counts per variant, option validation, input checks, every position-embedding
 variant (forward, gradients, a float64 gradient check), intermediates and classifier resets.
 

@@ -1,10 +1,10 @@
-"""Tests for minivit.sweep: grid parsing, explicit points, and a tiny sweep on procedural data that
+"""Tests for minivit.train.sweep: grid parsing, explicit points, and a tiny sweep on procedural data that
 writes its tables and resumes by skipping finished points."""
 import json
 
 import pytest
 
-from minivit import sweep
+from minivit.train import sweep
 from minivit.cli import main
 from minivit.train import TrainConfig
 

@@ -7,10 +7,8 @@ Transformer" and Appendix D.7/D.8:
 - Fig. 7 right, Fig. 11: mean attention distance per head, layer  -> `mean_attention_distance`
 - Fig. 6, Fig. 14: attention rollout (Abnar & Zuidema 2020)       -> `attention_rollout`,
   `class_token_attention_map`, `upsample_map`
-- Section 4.1 "Metrics": few-shot linear evaluation               -> `fewshot_linear_eval`,
-  `sample_shots`
 
-Pure NumPy, no plotting (see `minivit.plots`), float64 inside.
+Pure NumPy, no plotting (see `minivit.analysis.plots`), float64 inside.
 Shape letters: B batch, C channels, P patch, D width, Hh heads, L layers, T tokens
 (prefix + patches), N = gh*gw patches, K classes.
 """
@@ -191,61 +189,3 @@ def upsample_map(map, img_size, mode="bilinear"):
     R = _interp_matrix(H, m.shape[-2], mode)                    # (H, gh)
     Cm = _interp_matrix(W, m.shape[-1], mode)                   # (W, gw)
     return np.einsum("hi,...ij,wj->...hw", R, m, Cm)            # (..., H, W)
-
-
-# ---------------------------------------------------------------------------------------------
-# Section 4.1: few-shot linear evaluation
-# ---------------------------------------------------------------------------------------------
-def sample_shots(labels, shots, seed=0, num_classes=None):
-    """Indices (sorted) of exactly `shots` examples of each class, chosen by `seed`.
-
-    Classes are range(num_classes) if given, else the labels present. Raises if a class has
-    fewer than `shots` examples.
-    """
-    labels = np.asarray(labels).ravel()
-    classes = np.arange(num_classes) if num_classes is not None else np.unique(labels)
-    rng = np.random.default_rng(seed)
-    picked = []
-    for c in classes:
-        idx = np.flatnonzero(labels == c)
-        if idx.size < shots:
-            raise ValueError(f"class {c} has {idx.size} examples, fewer than shots={shots}")
-        picked.append(rng.choice(idx, size=shots, replace=False))
-    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=int)
-
-
-def _ridge_solve(X, Y, l2_reg, dual=None):
-    """W = (X^T X + l2 I)^{-1} X^T Y, via the smaller system: the dual form
-    X^T (X X^T + l2 I)^{-1} Y is the same W and cheaper when X has more columns than rows."""
-    n, f = X.shape
-    if dual is None:
-        dual = f > n
-    if dual:
-        return X.T @ np.linalg.solve(X @ X.T + l2_reg * np.eye(n), Y)
-    return np.linalg.solve(X.T @ X + l2_reg * np.eye(f), X.T @ Y)
-
-
-def fewshot_linear_eval(train_feats, train_labels, test_feats, test_labels, num_classes,
-                        l2_reg=1.0, *, standardize=True, bias_constant=100.0):
-    """Few-shot linear accuracy (Sec. 4.1 "Metrics"): ridge regression to {-1, 1}^K targets.
-
-    W = argmin ||X W - Y||^2 + l2 ||W||^2 in closed form, X = [features, bias column], solved in
-    float64 as (X^T X + l2 I) W = X^T Y, or in the equivalent dual form X^T (X X^T + l2 I)^{-1} Y
-    when there are fewer examples than features (the usual few-shot case).
-    Following big_vision's evaluator, features are standardised with the training mean/std and
-    the bias column is a large constant (100) so the bias is almost unregularised.
-    Returns the test accuracy of argmax(X_test W) in [0, 1].
-    """
-    Xtr = np.asarray(train_feats, dtype=np.float64).reshape(len(train_feats), -1)   # (n, F)
-    Xte = np.asarray(test_feats, dtype=np.float64).reshape(len(test_feats), -1)     # (m, F)
-    ytr = np.asarray(train_labels).astype(int).ravel()
-    yte = np.asarray(test_labels).astype(int).ravel()
-    if standardize:
-        mean, std = Xtr.mean(axis=0), Xtr.std(axis=0) + 1e-5
-        Xtr, Xte = (Xtr - mean) / std, (Xte - mean) / std
-    Xtr = np.concatenate([Xtr, np.full((len(Xtr), 1), bias_constant)], axis=1)     # (n, F+1)
-    Xte = np.concatenate([Xte, np.full((len(Xte), 1), bias_constant)], axis=1)     # (m, F+1)
-    Y = 2.0 * np.eye(num_classes)[ytr] - 1.0                    # (n, K) in {-1, 1}
-    W = _ridge_solve(Xtr, Y, l2_reg)                            # (F+1, K)
-    pred = np.argmax(Xte @ W, axis=1)                           # (m,)
-    return float(np.mean(pred == yte)) if len(yte) else 0.0

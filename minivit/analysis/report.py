@@ -13,7 +13,8 @@ import os
 
 import numpy as np
 
-from minivit import analysis, plots
+from . import measures as analysis
+from . import plots
 
 
 def _pair(v):

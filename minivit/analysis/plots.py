@@ -11,7 +11,7 @@ import os
 import numpy as np
 from matplotlib.figure import Figure
 
-from minivit.analysis import upsample_map
+from .measures import upsample_map
 
 
 def _save(fig, path, dpi=100):

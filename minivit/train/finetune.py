@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import posemb
+from .. import posemb
 from .checkpoint import CheckpointError, load_checkpoint
 
 

@@ -12,8 +12,8 @@ import tracemalloc
 
 import numpy as np
 
-from .autograd import no_grad
-from .models import create_model
+from ..autograd import no_grad
+from ..variants import create_model
 
 
 def inference_throughput(model, batch_size=32, repeats=3):

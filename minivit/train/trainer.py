@@ -21,14 +21,14 @@ import numpy as np
 
 import kernels
 
-from . import data as mdata
-from . import functional as F
-from . import optim
-from . import random as mrandom
-from .autograd import no_grad
+from .. import data as mdata
+from .. import functional as F
+from .. import optim
+from .. import rng
+from ..autograd import no_grad
+from ..variants import create_model
+from ..vit import config_from_dict
 from .checkpoint import CheckpointError, load_checkpoint, load_weights, optimizer_state, save_checkpoint
-from .models import create_model
-from .vit import config_from_dict
 
 
 @dataclass
@@ -116,7 +116,7 @@ class Trainer:
         if cfg.kernels:
             kernels.use(**kernels.parse_spec(cfg.kernels))
         self._build_data()
-        mrandom.manual_seed(cfg.seed)
+        rng.manual_seed(cfg.seed)
         kw = {"num_classes": self.train_set.num_classes, "in_chans": self.train_set.images.shape[-1],
               **cfg.model_kwargs}
         self.model = create_model(cfg.model, **kw)
@@ -169,7 +169,7 @@ class Trainer:
         self.step, self.epoch, self.batch = pos["step"], pos["epoch"], pos["batch"]
         self._running = tuple(ckpt["meta"].get("epoch_running", (0.0, 0, 0, 0.0)))
         self.best_val = ckpt["meta"].get("best_val", -1.0)
-        mrandom.set_rng_state(ckpt["meta"]["rng_state"])
+        rng.set_rng_state(ckpt["meta"]["rng_state"])
         metrics = self.out / "metrics.jsonl"
         if metrics.exists():  # drop what was logged after the checkpoint: it will be logged again
             kept = [line for line in metrics.read_text().splitlines()
@@ -286,7 +286,7 @@ class Trainer:
         meta = {
             "position": {"step": self.step, "epoch": self.epoch, "batch": self.batch},
             "epoch_running": list(self._running),
-            "rng_state": mrandom.get_rng_state(),
+            "rng_state": rng.get_rng_state(),
             "train_config": asdict(self.cfg),
             "classes": list(self.train_set.classes),
             "normalization": {"mean": list(self.mean), "std": list(self.std)},
@@ -299,7 +299,7 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
     def _plot(self):
-        from .plots import plot_training_curves
+        from ..analysis.plots import plot_training_curves
 
         records = [json.loads(line) for line in (self.out / "metrics.jsonl").read_text().splitlines() if line]
         plot_training_curves(records, self.out / "curves.png")

@@ -21,8 +21,8 @@ import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from .train import TrainConfig, Trainer
-from .vit import ViTConfig
+from ..vit import ViTConfig
+from .trainer import TrainConfig, Trainer
 
 _VIT_KEYS = {f.name for f in fields(ViTConfig)}
 _TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
@@ -115,7 +115,7 @@ def run_sweep(base: TrainConfig, grid, out_dir, points=()):
 
 def write_tables(rows, keys, out):
     """results.md (a Markdown table) and results.png (test accuracy per point)."""
-    from .plots import plot_sweep
+    from ..analysis.plots import plot_sweep
 
     cols = keys + [c for c in ("params", "val_acc", "test_acc", "train_acc", "images_per_s", "minutes")
                    if any(c in r for r in rows)]

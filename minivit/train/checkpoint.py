@@ -113,7 +113,7 @@ def optimizer_state(ckpt) -> dict:
 
 def model_from_checkpoint(path_or_ckpt, **overrides):
     """Build the ViT a checkpoint was saved from and load its weights."""
-    from .vit import ViT, ViTConfig
+    from ..vit import ViT, ViTConfig
 
     ckpt = path_or_ckpt if isinstance(path_or_ckpt, dict) else load_checkpoint(path_or_ckpt)
     config = ViTConfig.from_dict({**ckpt["meta"]["config"], **overrides})
