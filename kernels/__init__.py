@@ -2,10 +2,12 @@
 
     kernels/reference/   plain NumPy, readable, float64-capable: the ground truth
     kernels/cpu/         Numba versions, numbered, each telling its story
-    kernels/gpu/         CuPy versions (imported only when CuPy is installed)
+    registry.py          DEFAULTS, the table of what runs on each device; BACKENDS, where it comes from
+    bench.py             checks every version against the reference, then times it
 
-`kernels.get(op)` returns the implementation that runs now; `kernels.use(op=name)` swaps one
-(see registry.py). This package never imports minivit.
+`kernels.get(op)` returns the implementation that runs now; `kernels.use(op=name)` swaps one,
+`kernels.use("reference")` runs every op in plain NumPy (see registry.py). This package never
+imports minivit.
 """
 import os
 
@@ -17,6 +19,10 @@ import os
 # yourself to choose another value.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-from .registry import OPS, Impl, available, get, parse_spec, register, reset, selection, use  # noqa: E402
+from .registry import (  # noqa: E402
+    BACKENDS, DEFAULTS, OPS, Impl, available, backend_errors, default, find, get, parse_spec, register, reset,
+    selection, use, validate,
+)
 
-__all__ = ["OPS", "Impl", "available", "get", "parse_spec", "register", "reset", "selection", "use"]
+__all__ = ["BACKENDS", "DEFAULTS", "OPS", "Impl", "available", "backend_errors", "default", "find", "get",
+           "parse_spec", "register", "reset", "selection", "use", "validate"]

@@ -3,7 +3,7 @@
     python -m kernels.bench OP [OP ...] [--impls a,b] [--sizes PRESET|key=value ...]
                            [--dtype float32[,float64]] [--repeat N] [--plot out.png]
     python -m kernels.bench all            # every op, its default (CIFAR ViT) presets
-    python -m kernels.bench --list         # what is registered, defaults first
+    python -m kernels.bench --list         # what is registered; * marks the defaults (registry.DEFAULTS)
 
 For each op, preset and dtype, every implementation is first run on the same inputs as the
 NumPy reference run in float64 (inputs cast up exactly). A mismatch beyond the dtype's
@@ -14,8 +14,13 @@ turns run by run, so a shared machine's changing load hits them alike) and repor
 GFLOP/s (dense ops, attention) or GB/s (elementwise and row ops: bytes that must move at least
 once), and as a speed-up over the reference.
 
+The same run-and-compare serves the tests (tests/test_kernels_cpu*.py): run_pair runs an
+implementation and the reference on one set of inputs and pairs up every output and gradient,
+compare / compare_all judge them within a tolerance, check wraps both for the table.
+
 Shape letters as everywhere: B batch, N tokens, D width, Hh heads, hd head dim, K classes,
-C/H/W/P image channels, size and patch; M = B*N rows for linear; L a batch of matrices.
+C/H/W/P image channels, size and patch; M = B*N rows for linear (Din -> Dout); matmul
+(L, M, Din) @ (L, Din, Dout) with L a batch of matrices (384 = B*Hh heads for attention scores).
 The default presets are the CIFAR ViT's: B=128, N=65 (64 patches + cls), D=192, Hh=3, hd=64,
 MLP 768, K=10.
 """
@@ -44,8 +49,10 @@ class Inputs:
     params: dict = field(default_factory=dict)  # keyword scalars: eps, scale, label_smoothing, lr, ...
 
     def astype(self, dtype):
-        """A copy with every float array cast to dtype (integer labels stay as they are)."""
-        cast = tuple(a.astype(dtype) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a for a in self.args)
+        """Every float array in dtype (integer labels stay as they are); arrays already in dtype
+        are passed through, not copied, so that a strided view reaches the kernel as a view."""
+        cast = tuple(a.astype(dtype, copy=False) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a
+                     for a in self.args)
         return Inputs(cast, dict(self.params))
 
     def copy(self):
@@ -66,7 +73,8 @@ def _normal(rng, shape, dtype, scale=1.0):
 
 
 def _mk_matmul(d, dt, rng):
-    return Inputs((_normal(rng, (d["L"], d["M"], d["K"]), dt), _normal(rng, (d["L"], d["K"], d["N"]), dt)))
+    a = _normal(rng, (d["L"], d["M"], d["Din"]), dt)  # (L, M, Din)
+    return Inputs((a, _normal(rng, (d["L"], d["Din"], d["Dout"]), dt)))
 
 
 def _mk_linear(d, dt, rng):
@@ -106,9 +114,10 @@ def _mk_adamw(d, dt, rng):
 _ROWS = {"B": 128, "N": 65}
 SPECS: dict[str, OpSpec] = {
     "matmul": OpSpec(
-        {"scores": dict(L=384, M=65, K=64, N=65), "mlp": dict(L=1, M=8320, K=192, N=768)},
+        {"scores": dict(L=384, M=65, Din=64, Dout=65), "mlp": dict(L=1, M=8320, Din=192, Dout=768)},
         ("scores", "mlp"), _mk_matmul,
-        lambda d, s: (2 * d["L"] * d["M"] * d["K"] * d["N"], 4 * d["L"] * d["M"] * d["K"] * d["N"]), "GFLOP/s"),
+        lambda d, s: (2 * d["L"] * d["M"] * d["Din"] * d["Dout"], 4 * d["L"] * d["M"] * d["Din"] * d["Dout"]),
+        "GFLOP/s"),
     "linear": OpSpec(
         {"qkv": dict(_ROWS, Din=192, Dout=576), "proj": dict(_ROWS, Din=192, Dout=192),
          "fc1": dict(_ROWS, Din=192, Dout=768), "fc2": dict(_ROWS, Din=768, Dout=192),
@@ -156,23 +165,54 @@ class CheckResult:
 
 
 def _impl(op, impl):
-    if isinstance(impl, registry.Impl):
-        return impl
-    registry._load_all()
-    if impl not in registry._TABLE[op]:
-        raise ValueError(f"no implementation {impl!r} of {op!r}; available: {', '.join(registry._TABLE[op])}")
-    return registry._TABLE[op][impl]
+    return impl if isinstance(impl, registry.Impl) else registry.find(op, impl)
 
 
-def compare(name, got, want, dtype, show=5):
-    """(max_abs, max_rel, mismatch lines) of one output against its float64 reference."""
+def _float_dtype(inputs):
+    return next(a.dtype for a in inputs.args if isinstance(a, np.ndarray) and a.dtype.kind == "f")
+
+
+def run_pair(op, impl, inputs: Inputs, grad=None, seed=0) -> list[tuple[str, object, object]]:
+    """Run `impl` (an Impl or a registered name) on `inputs` and the reference on the same values
+    cast up to float64; return (name, got, want) for the forward output ("out") and each gradient
+    ("grad[i]"), or for an in-place op (adamw_update) the state it leaves: p, m, v. The backward
+    gets `grad` (default: standard normal drawn from `seed`, in the inputs' dtype). An in-place op
+    runs on copies; the others get the arrays as they are (strided views stay views) and raise
+    ValueError here if they change them."""
+    impl, ref = _impl(op, impl), _impl(op, "reference")
+    up = inputs.astype(np.float64).copy()  # copy: astype passes float64 arrays through as they are
+    if impl.backward is None:
+        mine = inputs.copy()
+        impl.forward(*mine.args, **mine.params)
+        ref.forward(*up.args, **up.params)
+        return [(name, mine.args[i], up.args[i]) for name, i in (("p", 0), ("m", 2), ("v", 3))]
+    pristine = inputs.copy()
+    out, cache = impl.forward(*inputs.args, **inputs.params)
+    want, ref_cache = ref.forward(*up.args, **up.params)
+    if grad is None:
+        grad = np.random.default_rng(seed).standard_normal(np.shape(want)).astype(_float_dtype(inputs))
+    grad64 = np.array(grad, dtype=np.float64)  # taken first: a backward must not change grad either
+    grads = impl.backward(grad, cache)
+    want_grads = ref.backward(grad64, ref_cache)
+    changed = [i for i, (a, b) in enumerate(zip(inputs.args, pristine.args)) if isinstance(a, np.ndarray)
+               and not np.array_equal(a, b, equal_nan=a.dtype.kind == "f")]
+    if changed or not np.array_equal(grad, grad64, equal_nan=True):
+        raise ValueError(f"{impl.name} changed its inputs in place (args {changed}, or the gradient)")
+    if len(grads) != len(want_grads):
+        raise ValueError(f"backward returned {len(grads)} gradients, reference {len(want_grads)}")
+    return [("out", out, want)] + [(f"grad[{i}]", g, w) for i, (g, w) in enumerate(zip(grads, want_grads))]
+
+
+def compare(name, got, want, dtype, show=5, tolerance=None):
+    """(max_abs, max_rel, mismatch lines) of one output against its float64 reference, elementwise
+    within tolerance = (rtol, atol, floor) (default: TOLERANCE of the dtype)."""
     if got is None or want is None:
         return 0.0, 0.0, ([] if got is None and want is None else [f"{name}: got {got!r}, want {want!r}"])
     got, want = np.asarray(got), np.asarray(want, dtype=np.float64)
     if got.shape != want.shape:
         return math.inf, math.inf, [f"{name}: shape {got.shape} != reference {want.shape}"]
     lines = [] if got.dtype == np.dtype(dtype) else [f"{name}: dtype {got.dtype} != input dtype {dtype}"]
-    rtol, atol, floor = TOLERANCE[np.dtype(dtype).name]
+    rtol, atol, floor = tolerance or TOLERANCE[np.dtype(dtype).name]
     g64 = got.astype(np.float64)
     finite = np.isfinite(want)
     scale = float(np.abs(want[finite]).max(initial=0.0)) or 1.0
@@ -190,39 +230,20 @@ def compare(name, got, want, dtype, show=5):
     return max_abs, max_abs / scale, lines
 
 
-def check(op, impl, inputs: Inputs, seed=0) -> CheckResult:
-    """Run `impl` (an Impl or a registered name) and the reference in float64 on the same inputs;
-    compare the forward output and every gradient (for adamw_update: p, m, v after one step)."""
-    impl, ref = _impl(op, impl), _impl(op, "reference")
-    dtype = next(a.dtype for a in inputs.args if isinstance(a, np.ndarray) and a.dtype.kind == "f")
-    try:
-        return _check(impl, ref, inputs, dtype, seed)
-    except Exception as e:  # a crash is a wrong answer too: report it, do not stop the table
-        return CheckResult(False, math.inf, math.inf, [f"raised {type(e).__name__}: {e}"])
-
-
-def _check(impl, ref, inputs, dtype, seed):
-    mine, up = inputs.copy(), inputs.astype(np.float64)
-    results = []
-    if impl.backward is None:  # in-place update: compare the state it leaves behind
-        impl.forward(*mine.args, **mine.params)
-        ref.forward(*up.args, **up.params)
-        for name, i in (("p", 0), ("m", 2), ("v", 3)):
-            results.append(compare(name, mine.args[i], up.args[i], dtype))
-    else:
-        out, cache = impl.forward(*mine.args, **mine.params)
-        want, ref_cache = ref.forward(*up.args, **up.params)
-        results.append(compare("out", out, want, dtype))
-        grad = np.random.default_rng(seed).standard_normal(np.shape(want)).astype(dtype)
-        grads = impl.backward(grad, cache)
-        want_grads = ref.backward(grad.astype(np.float64), ref_cache)
-        if len(grads) != len(want_grads):
-            n, want_n = len(grads), len(want_grads)
-            results.append((math.inf, math.inf, [f"backward returned {n} gradients, reference {want_n}"]))
-        for i, (g, w) in enumerate(zip(grads, want_grads)):
-            results.append(compare(f"grad[{i}]", g, w, dtype))
+def compare_all(pairs, dtype, tolerance=None) -> CheckResult:
+    """compare() every (name, got, want) of run_pair into one result."""
+    results = [compare(name, got, want, dtype, tolerance=tolerance) for name, got, want in pairs]
     lines = [line for _, _, ls in results for line in ls]
     return CheckResult(not lines, max(r[0] for r in results), max(r[1] for r in results), lines)
+
+
+def check(op, impl, inputs: Inputs, seed=0, tolerance=None) -> CheckResult:
+    """run_pair, then compare_all: the forward output and every gradient (for adamw_update: p, m,
+    v after one step) against the float64 reference. A kernel that raises is reported WRONG."""
+    try:
+        return compare_all(run_pair(op, impl, inputs, seed=seed), _float_dtype(inputs), tolerance)
+    except Exception as e:  # a crash is a wrong answer too: report it, do not stop the table
+        return CheckResult(False, math.inf, math.inf, [f"raised {type(e).__name__}: {e}"])
 
 
 # ---------------------------------------------------------------- timing
@@ -388,13 +409,24 @@ def plot(results, path):
 
 
 def list_impls(out=print):
+    """Every registered implementation: * marks the default (registry.DEFAULTS), > what runs now
+    where that differs (MINIVIT_KERNELS, kernels.use(), or a backend that failed to import)."""
+    overridden = False
     for op in registry.OPS:
-        impls = registry.available(op)
-        default = {d: registry.get(op, d).name for d in {i.device for i in impls}}
-        for i in impls:
-            mark = "*" if default.get(i.device) == i.name else " "
-            out(f"{mark} {op:22s} {i.name:12s} {i.device:4s} {i.priority:4d}  {i.description}")
-    out("(* = default on its device; priority decides it)")
+        for i in registry.available(op):
+            now = registry.get(op, i.device).name if i.device in registry.DEFAULTS else None
+            if i.name == registry.DEFAULTS.get(i.device, {}).get(op):
+                mark = "*"
+            elif i.name == now:
+                mark, overridden = ">", True
+            else:
+                mark = " "
+            out(f"{mark} {op:22s} {i.name:12s} {i.device:4s}  {i.description}")
+    out("(* = default on its device: the table DEFAULTS in kernels/registry.py)")
+    if overridden:
+        out("(> = runs now instead of the default: MINIVIT_KERNELS, kernels.use() or a failed backend)")
+    for device, e in registry.backend_errors().items():
+        out(f"the {device} backend failed to import: {type(e).__name__}: {e}")
 
 
 def main(argv=None):

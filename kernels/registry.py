@@ -1,18 +1,38 @@
-"""The kernel registry: a small visible table of (op, name) -> implementation.
+"""The kernel registry: every implementation of every fused op, and one table of defaults.
 
 Every fused op the model uses (linear, attention, layernorm, ...) has several array-level
-implementations: a NumPy reference (the ground truth), numbered Numba CPU versions, CuPy GPU
-versions. Each registers here with its forward and backward. Model code only ever asks
-`get("attention")` and runs whatever is selected, so swapping a kernel changes no model code:
+implementations: a NumPy reference (the ground truth), numbered Numba CPU versions, and later
+GPU versions. Each registers here with its forward and backward. Model code only ever asks
+`get("attention")` and runs whatever is selected, so swapping a kernel changes no model code.
+Which one runs when nothing is chosen is written in one place: DEFAULTS, below.
+
+Choosing (the same choices from Python and from the environment):
 
     import kernels
     kernels.available("attention")                  # what is there, with descriptions
-    with kernels.use(attention="reference"):        # for a block of code
+    with kernels.use(attention="reference"):        # for a block of code (restored on exit)
         ...
     kernels.use(attention="cpu_v3")                 # or for the rest of the process
+    kernels.use("reference")                        # reading mode: every op runs its NumPy
+                                                    # reference (a bare name: every op that has it)
+    kernels.use("reference", attention="cpu_v3")    # mixed: keywords override the bare name
+    kernels.use("reference,attention=cpu_v3")       # the same, as a spec string
+    kernels.validate("reference,attention=cpu_v3")  # check without applying -> {op: name}
 
-The environment variable MINIVIT_KERNELS="attention=cpu_v1,layernorm=reference" sets the
-selection at import time.
+    MINIVIT_KERNELS=reference                       # reading mode for a whole run, at import
+    MINIVIT_KERNELS=reference,attention=cpu_v3      # mixed; or attention=cpu_v1,layernorm=reference
+
+A spec string is comma-separated `op=name` items plus at most one bare implementation name,
+which stands for every op that has an implementation of that name; `op=name` items override it
+wherever they stand. An unknown op or name raises ValueError listing what exists.
+
+Backends: BACKENDS maps each device to the module that registers its kernels when imported.
+They are imported on first use, so `import kernels` stays cheap. A backend that fails to import
+is not dropped quietly: the ops whose default it provides fall back to the NumPy reference,
+with a RuntimeWarning (once) that names the backend, the exception and the fix;
+`backend_errors()` returns the exceptions. Choosing the reference yourself (MINIVIT_KERNELS=
+reference, or kernels.use("reference")) is no fallback, so it does not warn. Adding a device is
+one line in BACKENDS and one section in DEFAULTS.
 
 Calling convention, the same for every op (see kernels/reference/__init__.py for each signature):
     out, cache = impl.forward(*arrays, **params)
@@ -22,7 +42,9 @@ the reference keeps the full probability matrix.
 """
 from __future__ import annotations
 
+import importlib
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -38,6 +60,29 @@ OPS = (
     "adamw_update",
 )
 
+# What runs when nothing is chosen, per device. The measurements behind each choice are in the
+# docstring of the file that holds the versions (kernels/cpu/<file>.py, named on the right).
+DEFAULTS = {
+    "cpu": {
+        "matmul": "cpu_blas",                 # dense.py: = reference, 2-3x on long-reduction backward products
+        "linear": "cpu_blas",                 # dense.py: the same products, fused bias add and sum
+        "patch_embed": "reference",           # dense.py: cpu_v1 is no faster as a whole op
+        "layernorm": "cpu_v1",                # normact.py: as fast as v2, M*D less memory
+        "gelu": "cpu_v3",                     # normact.py: vectorised float32 erf and exp
+        "softmax": "cpu_v2",                  # normact.py: vectorised float32 exp
+        "attention": "cpu_v3",                # attention.py: flash tiles; best fwd+bwd on the AMD box
+        "softmax_cross_entropy": "cpu_v1",    # loss.py: the only Numba version
+        "adamw_update": "cpu_v2",             # optim.py: serial below 32768 elements
+    },
+}
+
+# device -> (module that registers the device's kernels on import, the package it needs)
+BACKENDS = {
+    "cpu": ("kernels.cpu", "numba"),
+}
+
+REFERENCE = "reference"  # kernels/reference/: always importable (NumPy), the fallback on the CPU
+
 
 @dataclass(frozen=True)
 class Impl:
@@ -47,91 +92,171 @@ class Impl:
     forward: Callable
     backward: Callable | None  # None for ops without a gradient (adamw_update)
     description: str
-    priority: int = 0  # the highest-priority registered impl of a device is its default
 
 
-_TABLE: dict[str, dict[str, Impl]] = {op: {} for op in OPS}
-_SELECTED: dict[tuple[str, str], str] = {}  # (op, device) -> name chosen by use()
+_TABLE: dict[str, dict[str, Impl]] = {op: {} for op in OPS}  # op -> name -> Impl
+_SELECTED: dict[tuple[str, str], str] = {}  # (op, device) -> name chosen by use() or MINIVIT_KERNELS
+_BACKEND_ERRORS: dict[str, ImportError] = {}  # device -> why its backend failed to import
+_WARNED: set[str] = set()  # devices whose fallback has been announced
 _LOADED = False
 
 
-def register(op, name, forward, backward=None, *, device="cpu", description="", priority=0):
-    """Add one implementation to the table (later registrations with the same name replace)."""
-    if op not in _TABLE:
-        raise ValueError(f"unknown op {op!r}; known ops: {', '.join(OPS)}")
-    _TABLE[op][name] = Impl(op, name, device, forward, backward, description, priority)
+def register(op, name, forward, backward=None, *, device="cpu", description=""):
+    """Add one implementation to the table (a later registration with the same name replaces it).
+    Whether it runs by default is decided by DEFAULTS, not here."""
+    _check_op(op)
+    _TABLE[op][name] = Impl(op, name, device, forward, backward, description)
     return _TABLE[op][name]
 
 
+def _check_op(op):
+    if op not in _TABLE:
+        raise ValueError(f"unknown op {op!r}; known ops: {', '.join(OPS)}")
+
+
 def _load_all():
-    """Import the backends lazily, so `import kernels` stays cheap and a missing Numba or
-    CuPy only removes that backend's rows from the table."""
+    """Import the reference and every backend once, on first use, then apply MINIVIT_KERNELS."""
     global _LOADED
     if _LOADED:
         return
     _LOADED = True
-    from . import reference  # noqa: F401  (registers on import)
-
-    for backend in ("cpu", "gpu"):
+    importlib.import_module(f"{__package__}.reference")
+    for device, (module, _) in BACKENDS.items():
         try:
-            __import__(f"{__package__}.{backend}")
-        except ImportError:
-            pass  # accelerator library missing: its kernels are simply not available
-    _apply_env()
-
-
-def _apply_env():
+            importlib.import_module(module)
+        except ImportError as e:  # announced by default() when an op falls back, not hidden
+            _BACKEND_ERRORS[device] = e
     spec = os.environ.get("MINIVIT_KERNELS", "").strip()
     if spec:
-        _select(parse_spec(spec))
+        _apply(validate(spec))
 
 
-def parse_spec(spec: str) -> dict[str, str]:
-    """'attention=cpu_v1,layernorm=reference' -> {'attention': 'cpu_v1', 'layernorm': 'reference'}."""
-    choices = {}
-    for item in filter(None, (s.strip() for s in spec.split(","))):
-        op, sep, name = item.partition("=")
-        if not sep or not name:
-            raise ValueError(f"kernel choice {item!r} should look like op=name, e.g. attention=reference")
-        choices[op.strip()] = name.strip()
-    return choices
+def backend_errors() -> dict[str, ImportError]:
+    """{device: the ImportError its backend raised}; empty when every backend imported."""
+    _load_all()
+    return dict(_BACKEND_ERRORS)
+
+
+def _backend_note(device="cpu"):
+    """' (the cpu backend failed to import: ...)' when it did, else ''."""
+    e = _BACKEND_ERRORS.get(device)
+    return f" (the {device} backend {BACKENDS[device][0]} failed to import: {type(e).__name__}: {e})" if e else ""
+
+
+def _names(op):
+    return ", ".join(sorted(_TABLE[op])) or "none"
+
+
+def find(op: str, name: str) -> Impl:
+    """The implementation of `op` registered as `name`, whichever device it runs on."""
+    _load_all()
+    _check_op(op)
+    if name not in _TABLE[op]:
+        raise ValueError(f"no implementation {name!r} of {op!r}; available: {_names(op)}{_backend_note()}")
+    return _TABLE[op][name]
 
 
 def available(op: str | None = None, device: str | None = None) -> list[Impl]:
-    """All registered implementations (of one op / one device), defaults first."""
+    """All registered implementations (of one op / one device), each device's default first."""
     _load_all()
     ops = [op] if op else list(OPS)
     for o in ops:
-        if o not in _TABLE:
-            raise ValueError(f"unknown op {o!r}; known ops: {', '.join(OPS)}")
+        _check_op(o)
     rows = [impl for o in ops for impl in _TABLE[o].values() if device in (None, impl.device)]
-    return sorted(rows, key=lambda i: (OPS.index(i.op), i.device, -i.priority, i.name))
+    is_default = lambda i: DEFAULTS.get(i.device, {}).get(i.op) == i.name
+    return sorted(rows, key=lambda i: (OPS.index(i.op), i.device, not is_default(i), i.name))
+
+
+def default(op: str, device: str = "cpu") -> str:
+    """The name of what runs for `op` on `device` when nothing is chosen: its entry in DEFAULTS,
+    or the reference (with a warning) when that entry's backend failed to import."""
+    _load_all()
+    _check_op(op)
+    if device not in DEFAULTS:
+        raise RuntimeError(f"no {device} implementation of {op!r} is registered; "
+                           f"devices with defaults: {', '.join(DEFAULTS)}")
+    name = DEFAULTS[device][op]
+    if name in _TABLE[op]:
+        return name
+    if device not in _BACKEND_ERRORS:
+        raise RuntimeError(f"DEFAULTS[{device!r}] names {name!r} for {op!r}, but no such implementation "
+                           f"is registered; available: {_names(op)}")
+    ref = _TABLE[op].get(REFERENCE)
+    if ref is None or ref.device != device:
+        raise RuntimeError(f"no {device} implementation of {op!r}{_backend_note(device)}")
+    _warn_fallback(device)
+    return REFERENCE
+
+
+def _warn_fallback(device):
+    if device in _WARNED:
+        return
+    _WARNED.add(device)
+    module, package = BACKENDS[device]
+    e = _BACKEND_ERRORS[device]
+    ops = [op for op in OPS if DEFAULTS[device][op] not in _TABLE[op]]
+    warnings.warn(
+        f"kernels: the {device} backend ({module}) failed to import: {type(e).__name__}: {e}. "
+        f"Its ops ({', '.join(ops)}) fall back to the NumPy reference, several times slower. "
+        f"Fix: install {package} (pip install {package}), or set MINIVIT_KERNELS=reference to "
+        f"choose the reference deliberately, which silences this warning. "
+        f"kernels.backend_errors() holds the exception.",
+        RuntimeWarning, stacklevel=4)
 
 
 def get(op: str, device: str = "cpu") -> Impl:
     """The implementation of `op` that runs now on `device`."""
     _load_all()
-    impls = _TABLE.get(op)
-    if impls is None:
-        raise ValueError(f"unknown op {op!r}; known ops: {', '.join(OPS)}")
+    _check_op(op)
     name = _SELECTED.get((op, device))
-    if name is not None:
-        return impls[name]
-    candidates = [i for i in impls.values() if i.device == device]
-    if not candidates:
-        raise RuntimeError(f"no {device} implementation of {op!r} is registered")
-    return max(candidates, key=lambda i: i.priority)
+    return _TABLE[op][default(op, device) if name is None else name]
 
 
-def _select(choices: dict[str, str]) -> dict[tuple[str, str], str | None]:
-    """Apply choices; return the previous selection of every touched (op, device)."""
+def parse_spec(spec: str) -> dict[str, str]:
+    """'reference,attention=cpu_v3' -> {op: name}: a bare name stands for every op that has an
+    implementation of that name (at most one bare name), op=name items override it. Checks the
+    syntax and expands the bare name; validate() also checks every op=name."""
+    bare, explicit = None, {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        op, sep, name = (s.strip() for s in item.partition("="))
+        if not sep:
+            if bare is not None:
+                raise ValueError(f"kernel spec {spec!r} names two implementations for every op ({bare!r} and "
+                                 f"{op!r}); give at most one, then op=name items")
+            bare = op
+        elif not op or not name:
+            raise ValueError(f"kernel choice {item!r} should look like op=name, e.g. attention=reference")
+        else:
+            explicit[op] = name
+    return {**(_everywhere(bare) if bare else {}), **explicit}
+
+
+def _everywhere(name):
+    """{op: name} for every op that has an implementation called `name`."""
     _load_all()
-    for op, name in choices.items():  # validate all before applying any
-        if op not in _TABLE:
-            raise ValueError(f"unknown op {op!r}; known ops: {', '.join(OPS)}")
-        if name not in _TABLE[op]:
-            names = ", ".join(sorted(_TABLE[op])) or "none"
-            raise ValueError(f"no implementation {name!r} of {op!r}; available: {names}")
+    choices = {op: name for op in OPS if name in _TABLE[op]}
+    if not choices:
+        every = sorted({n for impls in _TABLE.values() for n in impls})
+        hint = f" ({name!r} is an op: write {name}=NAME)" if name in OPS else ""
+        raise ValueError(f"no op has an implementation named {name!r}{hint}; write op=name, e.g. "
+                         f"attention=reference, or one name for every op that has it: {', '.join(every)}"
+                         f"{_backend_note()}")
+    return choices
+
+
+def validate(choices: str | dict[str, str]) -> dict[str, str]:
+    """Check kernel choices without applying them: a spec string (as MINIVIT_KERNELS takes it)
+    or a dict {op: name}. Returns the {op: name} they stand for; raises ValueError naming the
+    known ops or the available implementations."""
+    _load_all()
+    choices = parse_spec(choices) if isinstance(choices, str) else dict(choices)
+    for op, name in choices.items():
+        find(op, name)
+    return choices
+
+
+def _apply(choices: dict[str, str]) -> dict[tuple[str, str], str | None]:
+    """Select validated choices; return the previous selection of every touched (op, device)."""
     previous = {}
     for op, name in choices.items():
         key = (op, _TABLE[op][name].device)
@@ -141,11 +266,14 @@ def _select(choices: dict[str, str]) -> dict[tuple[str, str], str | None]:
 
 
 class use:
-    """Choose implementations by name: `kernels.use(attention="cpu_v1")` takes effect at once
-    for the whole process; `with kernels.use(...):` restores the previous choice on exit."""
+    """Choose implementations: `kernels.use(attention="cpu_v1")` takes effect at once for the
+    whole process; `with kernels.use(...):` restores the previous choices on exit. A positional
+    spec comes first and keywords override it: `use("reference")` runs every op that has a
+    reference on it, `use("reference", attention="cpu_v3")` all but attention. Nothing is applied
+    unless every choice is valid."""
 
-    def __init__(self, **choices: str):
-        self._previous = _select(choices)
+    def __init__(self, spec: str | None = None, /, **choices: str):
+        self._previous = _apply(validate({**(parse_spec(spec) if spec else {}), **choices}))
 
     def __enter__(self):
         return self
@@ -160,11 +288,12 @@ class use:
 
 
 def reset():
-    """Forget every choice made by use(): each op goes back to its device default."""
+    """Forget every choice made by use() or MINIVIT_KERNELS: each op goes back to DEFAULTS."""
     _SELECTED.clear()
 
 
 def selection(device: str = "cpu") -> dict[str, str]:
     """{op: name} of what runs now on `device`."""
     _load_all()
-    return {op: get(op, device).name for op in OPS if any(i.device == device for i in _TABLE[op].values())}
+    ops = OPS if device in DEFAULTS else [op for op in OPS if (op, device) in _SELECTED]
+    return {op: get(op, device).name for op in ops}

@@ -16,7 +16,7 @@ def broken():
     added = []
 
     def add(op, name, forward, backward):
-        registry.register(op, name, forward, backward, description="deliberately wrong", priority=-100)
+        registry.register(op, name, forward, backward, description="deliberately wrong")
         added.append((op, name))
 
     yield add
@@ -64,7 +64,7 @@ def test_wrong_backward_alone_is_flagged_wrong(broken, timed):
     inputs = bench.SPECS["layernorm"].make(dict(B=2, N=5, D=8), np.dtype("float32"), np.random.default_rng(0))
     result = bench.check("layernorm", "broken_bwd", inputs)
     assert not result.ok and any(line.startswith("grad[1]") for line in result.lines)
-    broken_impl = registry._TABLE["layernorm"]["broken_bwd"]
+    broken_impl = kernels.find("layernorm", "broken_bwd")
     rows = bench.run_case("layernorm", [broken_impl], inputs, repeat=2, out=lambda s: None)
     assert [(r.impl, r.status, r.timing) for r in rows][1] == ("broken_bwd", "WRONG", None)
     assert "broken_bwd" not in timed
@@ -140,3 +140,62 @@ def test_plot_and_list(tmp_path, capsys):
     assert bench.main(["--list"]) == 0
     out = capsys.readouterr().out
     assert all(f" {i.name} " in out for i in kernels.available(device="cpu"))
+
+
+def test_list_stars_exactly_the_defaults_of_the_table_and_marks_what_runs_instead(capsys, restore_kernel_choices):
+    kernels.reset()
+    assert bench.main(["--list"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line[:1] in "*> " and len(line) > 2]
+    starred = {(r[1], r[2]) for r in rows if r[0] == "*"}
+    assert starred == {(op, name) for op, name in registry.DEFAULTS["cpu"].items()}
+    assert not any(r[0] == ">" for r in rows)
+    with kernels.use(gelu="cpu_v1"):
+        bench.list_impls()
+    out = capsys.readouterr().out
+    assert "> gelu                   cpu_v1" in out and "* gelu                   cpu_v3" in out
+
+
+def test_run_pair_pairs_every_output_and_gradient_with_the_float64_reference():
+    inputs = bench.SPECS["layernorm"].make(dict(B=2, N=3, D=5), np.dtype("float32"), np.random.default_rng(0))
+    pairs = bench.run_pair("layernorm", "reference", inputs, seed=1)
+    assert [name for name, _, _ in pairs] == ["out", "grad[0]", "grad[1]", "grad[2]"]
+    assert all(got.dtype == np.float32 and want.dtype == np.float64 for _, got, want in pairs)
+    assert all(got.shape == want.shape for _, got, want in pairs)
+    name, db, db_want = bench.run_pair("layernorm", "reference", inputs, grad=np.ones((2, 3, 5), np.float32))[3]
+    assert name == "grad[2]"  # the bias gradient: with a given grad of ones, it counts the B*N rows
+    np.testing.assert_array_equal(db, 6)
+    np.testing.assert_array_equal(db_want, 6)
+
+
+def test_run_pair_hands_the_implementation_the_callers_arrays_views_included(broken):
+    seen = []
+
+    def spy(x, w, b, eps=1e-6):
+        seen.append(x)
+        return normact.layernorm_forward(x, w, b, eps)
+
+    broken("layernorm", "spy", spy, normact.layernorm_backward)
+    inputs = bench.SPECS["layernorm"].make(dict(B=2, N=3, D=5), np.dtype("float32"), np.random.default_rng(0))
+    view = inputs.args[0][:, ::2]  # a strided view, (B, 2, D)
+    strided = bench.Inputs((view, *inputs.args[1:]), inputs.params).astype(np.float32)
+    assert bench.compare_all(bench.run_pair("layernorm", "spy", strided), np.float32).ok
+    assert seen[0] is view
+
+
+def test_compare_judges_with_the_tolerance_it_is_given():
+    want = np.array([1.0, 2.0])
+    got = (want * (1 + 5e-4)).astype(np.float32)
+    assert bench.compare("x", got, want, np.float32)[2] == []  # within float32's default rtol 1e-3
+    assert bench.compare("x", got, want, np.float32, tolerance=(1e-4, 0.0, 0.0))[2]  # not within 1e-4
+
+
+def test_a_kernel_that_changes_its_inputs_is_reported_wrong(broken):
+    def scribbles(x, w, b, eps=1e-6):
+        y, cache = normact.layernorm_forward(x, w, b, eps)
+        x[...] = 0.0
+        return y, cache
+
+    broken("layernorm", "scribbles", scribbles, normact.layernorm_backward)
+    inputs = bench.SPECS["layernorm"].make(dict(B=1, N=2, D=3), np.dtype("float64"), np.random.default_rng(0))
+    result = bench.check("layernorm", "scribbles", inputs)
+    assert not result.ok and "changed its inputs in place" in result.lines[0]

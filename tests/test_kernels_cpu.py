@@ -4,15 +4,24 @@ softmax_cross_entropy and adamw_update equals the NumPy reference run in float64
 The implementations are read from the registry at collection time, so a version added later is
 tested without touching this file (the reference itself is the oracle, not a subject). Inputs
 are drawn by hypothesis: odd sizes, sizes that are not a multiple of any tile, single rows,
-logits up to 1e4 (a naive exp overflows at 89 in float32), label smoothing in [0, 0.5]. The float64 reference gets the same inputs cast up exactly.
+logits up to 1e4 (a naive exp overflows at 89 in float32), label smoothing in [0, 0.5]. Inputs
+are cast to the dtype first; the float64 reference gets those values cast up exactly.
 
-Tolerance, per element, with want the float64 reference and scale = max|want| of that array:
+Each case runs through kernels/bench.py's harness, the one `python -m kernels.bench` uses:
+bench.run_pair runs the implementation and the reference and pairs up every output and gradient;
+bench.compare_all judges the pairs with the tolerance below, passed explicitly (and checked equal
+to the bench's own) so that the harness cannot loosen this file's claims. Per element, with want
+the float64 reference and scale = max|want| of that array (over its finite entries):
     |got - want| <= ATOL[dtype] * scale + RTOL[dtype] * |want| + FLOOR[dtype]
     float32: RTOL 1e-3, ATOL 1e-4,  FLOOR 1e-5   (float32 kernels accumulate in float32 or better)
     float64: RTOL 1e-8, ATOL 1e-10, FLOOR 1e-13  (catches a float64 kernel computing in float32)
 FLOOR covers outputs that are tiny differences of O(1) terms, where float32 rounding of the terms
 is all that is left: gelu(-6.3) = -3.7e-10 but 0.5 * (1 + erf) is 0 in float32; a 2-wide
-LayerNorm's dx is ~1e-4 from terms of ~1. Every output must also have the dtype of the inputs.
+LayerNorm's dx is ~1e-4 from terms of ~1. Every output must also have the dtype of the inputs
+and the reference's shape, and be nan only where the reference is.
+
+The float32 exp and erf that the kernels share (kernels/cpu/fastmath.py) are checked directly
+too, to the accuracy their docstring states, compiled as the kernels that use them compile them.
 """
 from contextlib import contextmanager
 
@@ -20,11 +29,15 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.special import erf
 
 import kernels
+from kernels import bench
 
 pytest.importorskip("numba", reason="the CPU kernels are Numba")
-from kernels.cpu import dense  # noqa: E402
+from numba import njit  # noqa: E402
+
+from kernels.cpu import dense, fastmath  # noqa: E402
 
 RTOL = {"float32": 1e-3, "float64": 1e-8}
 ATOL = {"float32": 1e-4, "float64": 1e-10}
@@ -43,67 +56,46 @@ def impls(op):
     return [pytest.param(i.name, id=i.name) for i in kernels.available(op, device="cpu") if i.name != "reference"]
 
 
-def reference(op):
-    return next(i for i in kernels.available(op, device="cpu") if i.name == "reference")
-
-
-def assert_close(got, want, dtype, what):
-    if want is None:
-        assert got is None, f"{what}: expected None"
-        return
-    got = np.asarray(got)
-    assert got.dtype == np.dtype(dtype), f"{what}: dtype {got.dtype}, inputs are {dtype}"
-    assert got.shape == np.shape(want), f"{what}: shape {got.shape} != {np.shape(want)}"
-    want = np.asarray(want, dtype=np.float64)
-    scale = float(np.abs(want).max(initial=0.0)) or 1.0
-    err = np.abs(got.astype(np.float64) - want)
-    bad = err > ATOL[dtype] * scale + RTOL[dtype] * np.abs(want) + FLOOR[dtype]
-    if bad.any():
-        i = tuple(np.argwhere(bad)[0])
-        raise AssertionError(f"{what}: {bad.sum()}/{bad.size} differ, first at {i}: got {got[i]!r}, "
-                             f"want {want[i]!r}; max abs err {err.max():.3g} (scale {scale:.3g})")
+def assert_close(pairs, dtype, what):
+    """Every (name, got, want) within this file's tolerance, judged by the bench's compare."""
+    result = bench.compare_all(pairs, dtype, (RTOL[dtype], ATOL[dtype], FLOOR[dtype]))
+    assert result.ok, f"{what} {dtype}:\n" + "\n".join(result.lines)
 
 
 def run_pair(op, name, dtype, args, params=None, seed=0):
-    """forward and backward of impl `name` on args cast to dtype vs the reference in float64."""
-    params = params or {}
-    impl = next(i for i in kernels.available(op, device="cpu") if i.name == name)
-    ref = reference(op)
-    cast = lambda t: tuple(a.astype(t) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a for a in args)
-    mine, up = cast(dtype), cast(np.float64)
-    out, cache = impl.forward(*mine, **params)
-    want, ref_cache = ref.forward(*up, **params)
-    assert_close(out, want, dtype, f"{op}/{name} forward")
-    grad = np.random.default_rng(seed).standard_normal(np.shape(want)).astype(dtype)
-    grads = impl.backward(grad, cache)
-    want_grads = ref.backward(grad.astype(np.float64), ref_cache)
-    assert len(grads) == len(want_grads), f"{op}/{name}: {len(grads)} gradients, reference {len(want_grads)}"
-    for k, (g, w) in enumerate(zip(grads, want_grads)):
-        assert_close(g, w, dtype, f"{op}/{name} grad[{k}]")
+    """Forward and backward of impl `name` on args cast to dtype against the reference in float64
+    (bench.run_pair); returns the (name, got, want) pairs, out first."""
+    pairs = bench.run_pair(op, name, bench.Inputs(args, params or {}).astype(dtype), seed=seed)
+    assert_close(pairs, dtype, f"{op}/{name}")
+    return pairs
 
 
 def normal(seed, shape, scale=1.0):
     return scale * np.random.default_rng(seed).standard_normal(shape)
 
 
+def test_the_tolerance_here_is_the_one_kernels_bench_uses():
+    assert bench.TOLERANCE == {d: (RTOL[d], ATOL[d], FLOOR[d]) for d in DTYPES}
+
+
 # ---------------------------------------------------------------- dense
-MATMUL_LAYOUTS = {  # (a shape, b shape) from (M, K, N, L)
-    "2d": lambda M, K, N, L: ((M, K), (K, N)),
-    "batched": lambda M, K, N, L: ((L, M, K), (L, K, N)),
-    "broadcast_a": lambda M, K, N, L: ((M, K), (L, 1, K, N)),
-    "broadcast_b": lambda M, K, N, L: ((2, L, M, K), (K, N)),
-    "vector_left": lambda M, K, N, L: ((K,), (L, K, N)),
-    "vector_right": lambda M, K, N, L: ((L, M, K), (K,)),
-    "dot": lambda M, K, N, L: ((K,), (K,)),
+MATMUL_LAYOUTS = {  # (a shape, b shape) from M rows, Din reduction, Dout columns, L matrices
+    "2d": lambda M, Din, Dout, L: ((M, Din), (Din, Dout)),
+    "batched": lambda M, Din, Dout, L: ((L, M, Din), (L, Din, Dout)),
+    "broadcast_a": lambda M, Din, Dout, L: ((M, Din), (L, 1, Din, Dout)),
+    "broadcast_b": lambda M, Din, Dout, L: ((2, L, M, Din), (Din, Dout)),
+    "vector_left": lambda M, Din, Dout, L: ((Din,), (L, Din, Dout)),
+    "vector_right": lambda M, Din, Dout, L: ((L, M, Din), (Din,)),
+    "dot": lambda M, Din, Dout, L: ((Din,), (Din,)),
 }
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", impls("matmul"))
 @SETTINGS
-@given(layout=st.sampled_from(sorted(MATMUL_LAYOUTS)), M=dim, K=dim, N=dim, L=st.integers(1, 3), seed=seeds)
-def test_matmul_forward_and_backward_match_float64_reference(name, dtype, layout, M, K, N, L, seed):
-    sa, sb = MATMUL_LAYOUTS[layout](M, K, N, L)
+@given(layout=st.sampled_from(sorted(MATMUL_LAYOUTS)), M=dim, Din=dim, Dout=dim, L=st.integers(1, 3), seed=seeds)
+def test_matmul_forward_and_backward_match_float64_reference(name, dtype, layout, M, Din, Dout, L, seed):
+    sa, sb = MATMUL_LAYOUTS[layout](M, Din, Dout, L)
     run_pair("matmul", name, dtype, (normal(seed, sa), normal(seed + 1, sb)), seed=seed)
 
 
@@ -165,10 +157,10 @@ def test_gelu_forward_and_backward_match_float64_reference(name, dtype, shape, s
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", impls("softmax"))
 @SETTINGS
-@given(lead=st.lists(st.integers(1, 6), min_size=1, max_size=3), K=st.integers(1, 70),
+@given(lead=st.lists(st.integers(1, 6), min_size=1, max_size=3), N=st.integers(1, 70),
        scale=st.sampled_from([1.0, 30.0, 1e4]), seed=seeds)
-def test_softmax_forward_and_backward_match_float64_reference(name, dtype, lead, K, scale, seed):
-    run_pair("softmax", name, dtype, (normal(seed, tuple(lead) + (K,), scale),), seed=seed)
+def test_softmax_forward_and_backward_match_float64_reference(name, dtype, lead, N, scale, seed):
+    run_pair("softmax", name, dtype, (normal(seed, tuple(lead) + (N,), scale),), seed=seed)  # rows of N
 
 
 # ---------------------------------------------------------------- loss
@@ -189,8 +181,7 @@ def test_logits_of_1e4_do_not_overflow(op, dtype):
     logits = np.array([[1e4, -1e4, 0.0, 9999.0], [-1e4, -1e4 + 1, -1e4 + 2, -1e4]])  # exp(1e4) = inf
     for impl in kernels.available(op, device="cpu"):
         args, params = ((logits,), {}) if op == "softmax" else ((logits, np.array([1, 2])), {"label_smoothing": 0.1})
-        run_pair(op, impl.name, dtype, args, params)
-        out, _ = impl.forward(*(a.astype(dtype) if a.dtype.kind == "f" else a for a in args), **params)
+        (_, out, _), *_ = run_pair(op, impl.name, dtype, args, params)
         assert np.isfinite(out).all(), f"{op}/{impl.name} overflowed: {out}"
 
 
@@ -201,22 +192,60 @@ def test_logits_of_1e4_do_not_overflow(op, dtype):
 @given(shape=st.lists(st.integers(1, 9), min_size=0, max_size=3), lr=st.sampled_from([1e-3, 0.1]),
        weight_decay=st.sampled_from([0.0, 0.05]), steps=st.integers(1, 4), seed=seeds)
 def test_adamw_update_over_several_steps_matches_float64_reference(name, dtype, shape, lr, weight_decay, steps, seed):
-    impl = next(i for i in kernels.available("adamw_update", device="cpu") if i.name == name)
+    impl, ref = kernels.find("adamw_update", name), kernels.find("adamw_update", "reference")
     shape = tuple(shape)
-    p = normal(seed, shape)
-    mine = [p.astype(dtype), None, np.zeros(shape, dtype), np.zeros(shape, dtype)]
-    ref = [p.copy(), None, np.zeros(shape), np.zeros(shape)]
+    p = normal(seed, shape).astype(dtype)
+    mine = [p, None, np.zeros(shape, dtype), np.zeros(shape, dtype)]
+    want = [p.astype(np.float64), None, np.zeros(shape), np.zeros(shape)]  # the same values, in float64
     hyper = dict(lr=lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=weight_decay)
     for step in range(1, steps + 1):
-        g = normal(seed + step, shape)
-        mine[1], ref[1] = g.astype(dtype), g
+        mine[1] = normal(seed + step, shape).astype(dtype)
+        want[1] = mine[1].astype(np.float64)
         impl.forward(*mine, **hyper, step=step)
-        reference("adamw_update").forward(*ref, **hyper, step=step)
-        for what, k in (("p", 0), ("m", 2), ("v", 3)):
-            assert_close(mine[k], ref[k], dtype, f"adamw_update/{name} {what} after step {step}")
+        ref.forward(*want, **hyper, step=step)  # two trajectories, each carried on in its own precision
+        assert_close([(what, mine[k], want[k]) for what, k in (("p", 0), ("m", 2), ("v", 3))], dtype,
+                     f"adamw_update/{name} after step {step}")
 
 
 def test_every_op_of_these_modules_has_numba_versions():
     for op in OPS:
         names = {i.name for i in kernels.available(op, device="cpu")}
         assert "reference" in names and len(names) >= 2, f"{op}: only {sorted(names)}"
+
+
+# ---------------------------------------------------------------- the shared float32 exp and erf
+@njit(fastmath={"reassoc", "contract"})  # the flags of the normact and loss kernels that inline them
+def _exp_erf_inlined(x, e, f):
+    for i in range(x.size):
+        e[i] = fastmath.fast_exp(x[i])
+        f[i] = fastmath.fast_erf(x[i])
+
+
+def test_float32_exp_and_erf_polynomials_are_as_accurate_as_their_docstring_says():
+    """fastmath.py: exp within 8.3e-8 relative on [-87, 88] and 0 below, erf within 3.3e-7
+    absolute, both inlined into a kernel compiled with {reassoc, contract} and (exp) through
+    exp_shifted, the way attention calls it."""
+    x = np.linspace(-87, 88, 1_000_001, dtype=np.float32)
+    e, f = np.empty_like(x), np.empty_like(x)
+    _exp_erf_inlined(x, e, f)
+    want = np.exp(x.astype(np.float64))
+    assert e.dtype == np.float32 and np.max(np.abs(e - want) / want) < 8.5e-8
+    row = x.copy()
+    fastmath.exp_shifted(row, np.float32(88.0), row.size)  # exp(x - 88): over [-175, 0]
+    d = (x - np.float32(88.0)).astype(np.float64)  # the float32 difference the kernel takes
+    kept = d >= -87
+    assert np.max(np.abs(row[kept] - np.exp(d[kept])) / np.exp(d[kept])) < 8.5e-8
+    assert np.all(row[~kept] == 0.0)
+    u = np.linspace(-6, 6, 1_000_001, dtype=np.float32)
+    _exp_erf_inlined(u, e, f)
+    assert f.dtype == np.float32 and np.max(np.abs(f - erf(u.astype(np.float64)))) < 3.5e-7
+
+
+def test_float32_exp_keeps_nan_and_sends_minus_inf_to_zero():
+    x = np.array([np.nan, -np.inf, -1e4, 0.0], dtype=np.float32)
+    e, f = np.empty_like(x), np.empty_like(x)
+    _exp_erf_inlined(x, e, f)
+    assert np.isnan(e[0]) and e[1] == 0.0 and e[2] == 0.0 and e[3] == 1.0
+    row = x.copy()
+    fastmath.exp_shifted(row, np.float32(0.0), row.size)
+    np.testing.assert_array_equal(row, e)

@@ -6,7 +6,9 @@ and scales, also where the logits reach 1e3 and a naive exp overflows; the flash
 
 The implementations are read from the registry at collection time, so a version added later is
 tested without touching this file. Inputs are cast to the dtype first; the float64 reference
-gets those values cast up exactly. Tolerance: for each output,
+gets those values cast up exactly. Both run through kernels/bench.py's harness (bench.run_pair,
+as `python -m kernels.bench` does), which pairs up out, dq, dk, dv with the reference's; this
+file judges each pair by its own, logit-dependent tolerance. For each output,
     max|got - want| <= REL[dtype] * (1 + max|S|) * max(max|want|, floor)
 where S = scale * q @ k.T are the logits (float32 knows them only to 6e-8 * |S|, and softmax
 passes that on) and floor is the size of the terms the output sums (max|v| for out, max|dO|
@@ -22,7 +24,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kernels
-from kernels.reference import attention as reference
+from kernels import bench
+
+pytest.importorskip("numba", reason="the CPU attention kernels are Numba")
 
 REL = {"float32": 2e-6, "float64": 1e-12}
 DTYPES = ("float32", "float64")
@@ -59,25 +63,24 @@ def assert_close(got, want, floor, tol, what):
 
 
 def check_against_reference(name, dtype, q, k, v, dout, scale):
-    """Forward and backward of implementation `name` on inputs cast to dtype vs the float64 reference."""
-    impl = IMPLS[name]
-    mine = [np.asarray(a, dtype=dtype) for a in (q, k, v, dout)]
-    q64, k64, v64, d64 = (a.astype(np.float64) for a in mine)
-    out, cache = impl.forward(*mine[:3], scale)
-    grads = impl.backward(mine[3], cache)
-    want, ref_cache = reference.attention_forward(q64, k64, v64, scale)
-    want_grads = reference.attention_backward(d64, ref_cache)
+    """Forward and backward of implementation `name` on inputs cast to dtype vs the float64
+    reference, run by kernels/bench.py's harness (bench.run_pair); judged by the formula above."""
+    mine = bench.Inputs(tuple(np.asarray(a, dtype=dtype) for a in (q, k, v)), {"scale": scale})
+    dout = np.asarray(dout, dtype=dtype)
+    pairs = bench.run_pair("attention", name, mine, grad=dout)
+    q64, k64, v64, d64 = (a.astype(np.float64) for a in (*mine.args, dout))
 
     logits = np.abs(np.matmul(q64, np.swapaxes(k64, -1, -2)) * scale).max()
     tol = REL[dtype] * (1.0 + logits)
     m = {x: float(np.abs(a).max()) for x, a in zip("qkvd", (q64, k64, v64, d64))}
     terms = abs(scale) * m["d"] * m["v"] * q64.shape[-1] ** 0.5
     floors = (m["v"], terms * m["k"], terms * m["q"], m["d"])
-    for what, got, w, floor in zip(("out", "dq", "dk", "dv"), (out, *grads), (want, *want_grads), floors):
+    assert [p[0] for p in pairs] == ["out", "grad[0]", "grad[1]", "grad[2]"]
+    for what, (_, got, w), floor in zip(("out", "dq", "dk", "dv"), pairs, floors):
         assert got.dtype == np.dtype(dtype), f"{name} {what}: dtype {got.dtype}, inputs are {dtype}"
         assert got.shape == q.shape, f"{name} {what}: shape {got.shape} != {q.shape}"
         assert_close(got, w, floor, tol, f"{name} {dtype} {what}")
-    return out, grads
+    return pairs[0][1], tuple(p[1] for p in pairs[1:])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

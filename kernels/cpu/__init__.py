@@ -1,8 +1,8 @@
 """Numba CPU kernels: numbered versions per op, each module registering its versions on import.
 
 Every module opens with the story of its versions (idea and measured result), in the manner of
-llm.c's dev/cuda. Importing this package needs Numba; without it the registry simply lists the
-NumPy references alone.
+llm.c's dev/cuda. Importing this package needs Numba; without it the registry warns (naming the
+ImportError) and runs the NumPy references instead (kernels/registry.py, BACKENDS).
 """
 import os
 
@@ -12,6 +12,6 @@ import os
 # fought OpenBLAS's threads; passive costs a steady ~11 us.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numba  # noqa: E402,F401  (ImportError here removes the whole backend, as registry._load_all expects)
+import numba  # noqa: E402,F401  (an ImportError here is the registry's "cpu backend failed" warning)
 
 from . import attention, dense, loss, normact, optim  # noqa: E402,F401  (each registers its versions)

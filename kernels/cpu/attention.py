@@ -25,11 +25,11 @@ cpu_v3   Flash-style (Dao et al. 2022; backward as FlashAttention-2, Dao 2023): 
          keeps out and lse, backward recomputes P tile by tile from q, k and lse, with
          D_i = dO_i . O_i, key tiles outer (dk_j, dv_j stay in cache), one task per head. Two
          tuned blocks beyond the tiling: _mm_nt, a 4 x 2 register-blocked matmul (about
-         45 GFLOP/s, 3x the plain loop), and _exp_shifted, a vectorised float32 exp (1 ns
-         against libm's 3). Its backward does 5 matmuls (S again) where the others do 4, and
+         45 GFLOP/s, 3x the plain loop), and fastmath.exp_shifted, a vectorised float32 exp
+         (1 ns against libm's 3). Its backward does 5 matmuls (S again) where the others do 4, and
          parallelises over the B*Hh heads only.
 cpu_blas The reference's matmuls in BLAS (np.matmul), with the softmax (and its scale, using
-         _exp_shifted) and backward's dS = P * (dP - rowsum(dP * P)) fused in Numba loops
+         fastmath.exp_shifted) and backward's dS = P * (dP - rowsum(dP * P)) fused in Numba loops
          in place. Memory O(N^2). Fastest at N=1024, where BLAS's large matmuls shine.
 
 Measured (ms, float32, fwd / bwd, speed-up over the reference in brackets) on the 2-core AMD
@@ -54,8 +54,8 @@ The same with one thread each (NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1, load 
 
 Reading. At ViT's CIFAR size each head is a 65 x 64 problem: np.matmul runs the 384 small
 matmuls of a batch one after another on one core, while the Numba versions spread the heads
-over both cores, so v3 has the best fwd+bwd (1.7x the reference) and is the CPU default
-(priority 10), then cpu_blas (5), v1 (4), v2 (3). On one core cpu_blas edges ahead (v3's
+over both cores, so v3 has the best fwd+bwd (1.7x the reference) and is the CPU default (the
+table in kernels/registry.py). On one core cpu_blas edges ahead (v3's
 backward does 5 matmuls to 4). At N=1024 BLAS's large matmuls win: cpu_blas is fastest, v3 is
 second (1.5x v1 forward, 1.4x backward) and the only one whose memory stays linear in N.
 Mind OpenBLAS's idle threads: they spin for about 0.1 s after each call and slow a Numba
@@ -63,12 +63,36 @@ kernel started in that window, up to 1.8x (v3's long forward: 60 ms with
 OPENBLAS_THREAD_TIMEOUT=4, the shortest spin, against the 86 above). The timings above were
 taken with the spin; since then `import kernels` sets OPENBLAS_THREAD_TIMEOUT=4 by default
 (kernels/__init__.py), which took a whole training step from 0.93x to about 1.08x PyTorch's.
+
+One exp. v3 and cpu_blas used their own exp (_exp_shifted: a Taylor series, 2^k written through
+a scratch int32 view, then a second pass); they now call fastmath.exp_shifted, the Cephes
+polynomial the other kernels use. Before -> after in one process, taking turns (fastmath.py has
+the method and the whole table), CIFAR: v3 16.3 -> 15.1 ms forward, 35.0 -> 33.2 backward;
+cpu_blas 9.5 -> 9.3 and 11.8 -> 11.8; N=1024 unchanged within its noise.
+
+Measured again on the box that replaced the AMD one: 2-core Intel Xeon (family 6 model 207,
+Emerald Rapids, AVX-512; a KVM guest), OpenBLAS using AVX-512, load average about 2 from other
+jobs; one run of `python -m kernels.bench attention --repeat 7` each (ms, fwd / bwd):
+
+    version    2 threads: CIFAR / long                 1 thread: CIFAR / long
+    reference  11.3 / 16.3        69 /  83             11.3 / 16.6        80 / 111
+    cpu_v1     13.4 / 15.8       102 / 148             23.1 / 33.8       195 / 298
+    cpu_v2     16.1 / 24.4       101 / 196             27.1 / 52.3       198 / 390
+    cpu_v3     16.7 / 33.3        46 /  94             16.3 / 35.6        92 / 188
+    cpu_blas    8.0 / 13.0        36 /  46              9.4 / 13.4        60 /  75
+
+Here OpenBLAS's AVX-512 products run the reference twice as fast as on the AMD box, v3's
+AVX2-sized register blocks do not keep up, and the second core was mostly taken by other jobs
+(v3 ran no faster on 2 threads than on 1): cpu_blas is fastest at both sizes and v3 is slower
+than the reference. The default stays v3 (chosen on the AMD box) until it is measured on an
+idle machine of this kind.
 """
 import numba
 import numpy as np
 from numba import get_thread_id, njit, prange
 
 from ..registry import register
+from .fastmath import exp_shifted
 
 # B=batch, Hh=heads, N=tokens, hd=head dim. The kernels see the heads flattened: BH = B*Hh,
 # q, k, v, out (BH, N, hd). Each parallel driver is a prange over independent tasks (heads,
@@ -134,11 +158,12 @@ def _softmax_row(s, n):
 
 
 # ---------------------------------------------------------------------------------------------
-# Tuned building blocks (v3, cpu_blas): one register-blocked matmul, a vectorised exp
+# Tuned building blocks (v3, cpu_blas): a register-blocked matmul; the vectorised exp is fastmath.py's
 
 @njit(cache=True, fastmath=_FM)
-def _mm_nt(a, b, out, m, n, K, alpha):
-    """out[:m, :n] += alpha * a[:m, :K] @ b[:n, :K].T, both operands read along rows.
+def _mm_nt(a, b, out, m, n, nk, alpha):
+    """out[:m, :n] += alpha * a[:m, :nk] @ b[:n, :nk].T, both operands read along rows (nk: the
+    reduction length, hd or a tile's size).
 
     A 4 x 2 block of out is held in eight scalars while d runs: each loaded a[r, d] and
     b[c, d] feeds two or four multiply-adds (6 loads per 8, not 2 per 1), and LLVM turns each
@@ -150,7 +175,7 @@ def _mm_nt(a, b, out, m, n, K, alpha):
     for r in range(0, m4, 4):
         for c in range(0, n2, 2):
             s00 = s01 = s10 = s11 = s20 = s21 = s30 = s31 = z
-            for d in range(K):
+            for d in range(nk):
                 b0, b1 = b[c, d], b[c + 1, d]
                 a0, a1, a2, a3 = a[r, d], a[r + 1, d], a[r + 2, d], a[r + 3, d]
                 s00 += a0 * b0
@@ -172,39 +197,9 @@ def _mm_nt(a, b, out, m, n, K, alpha):
     for r in range(m):  # the rim: rows from m4 on, columns from n2 on
         for c in range(n2 if r < m4 else 0, n):
             acc = z
-            for d in range(K):
+            for d in range(nk):
                 acc += a[r, d] * b[c, d]
             out[r, c] += alpha * acc
-
-
-@njit(cache=True, fastmath={"contract"})  # no "reassoc": it would undo the Cody-Waite split
-def _exp_shifted(x, shift, n, scratch):
-    """x[:n] = exp(x[:n] - shift), for x - shift <= 0 as after softmax's max shift (good to 88).
-
-    Numba's np.exp is a scalar libm call per element (no SVML here), 3 ns in float32; this
-    float32 loop vectorises, 1 ns. exp(y) = 2^kk * e^g with kk = round(y log2 e) and
-    g = y - kk ln2 (ln2 in two parts, Cody-Waite, so that g is exact), e^g by 8 terms of its
-    Taylor series (|g| <= ln2/2, error < 1e-7), and 2^kk written straight into the exponent
-    bits of `scratch`. Results below 2^-126 flush to 0; nan stays nan. Float64 keeps libm:
-    the same trick measured no faster there."""
-    if x.itemsize != 4:
-        for j in range(n):
-            x[j] = np.exp(x[j] - shift)
-        return
-    T = x.dtype.type
-    pow2 = scratch[:n]
-    bits = pow2.view(np.int32)
-    for j in range(n):
-        y = x[j] - shift
-        kk = np.floor(y * T(1.4426950408889634) + T(0.5))
-        g = (y - kk * T(0.693359375)) + kk * T(2.12194440e-4)
-        e = T(1 / 5040)
-        for c in (1 / 720, 1 / 120, 1 / 24, 1 / 6, 1 / 2, 1.0, 1.0):
-            e = T(c) + g * e
-        x[j] = T(0) if kk < T(-126) else e
-        bits[j] = np.int32((max(kk, T(-126)) + T(127)) * T(2.0 ** 23))
-    for j in range(n):
-        x[j] *= pow2[j]
 
 
 @njit(cache=True)
@@ -327,7 +322,6 @@ def _v3_forward_tile(q, k, v, scale, i0, ni, br, bc, out, lse):
     acc = np.zeros((br, hd), q.dtype)  # output rows, unnormalised
     m = np.full(br, -np.inf, q.dtype)  # running row max
     l = np.zeros(br, np.float64)       # running row sum of exp(s - m)
-    scratch = np.empty(bc, q.dtype)
     for j0 in range(0, N, bc):
         nj = min(bc, N - j0)
         s[:] = 0
@@ -336,7 +330,7 @@ def _v3_forward_tile(q, k, v, scale, i0, ni, br, bc, out, lse):
             mt = m[r]
             for c in range(nj):
                 mt = max(mt, s[r, c])
-            _exp_shifted(s[r], mt, nj, scratch)
+            exp_shifted(s[r], mt, nj)
             rs = 0.0
             for c in range(nj):
                 rs += s[r, c]
@@ -363,7 +357,6 @@ def _v3_backward_head(dout, q, k, v, out, lse, scale, br, bc, dq, dk, dv):
     kt = np.empty((hd, bc), q.dtype)  # k_j.T, q_i.T, dO_i.T: every product below
     qt = np.empty((hd, br), q.dtype)  # then reads rows of both operands
     dot = np.empty((hd, br), q.dtype)
-    scratch = np.empty(bc, q.dtype)
     rd = np.empty(N, q.dtype)  # D_i = dO_i . O_i, which equals rowsum(dP_i * P_i)
     for i in range(N):
         acc = 0.0
@@ -383,7 +376,7 @@ def _v3_backward_head(dout, q, k, v, out, lse, scale, br, bc, dq, dk, dv):
             _mm_nt(q[i0:], k[j0:], p, ni, nj, hd, scale)  # S, as in forward
             _mm_nt(dout[i0:], v[j0:], ds, ni, nj, hd, one)  # dP
             for r in range(ni):
-                _exp_shifted(p[r], lse[i0 + r], nj, scratch)  # P = exp(S - lse)
+                exp_shifted(p[r], lse[i0 + r], nj)  # P = exp(S - lse)
                 for c in range(nj):
                     ds[r, c] = scale * p[r, c] * (ds[r, c] - rd[i0 + r])
                     pt[c, r] = p[r, c]
@@ -421,14 +414,13 @@ def _v3_backward(dout, q, k, v, out, lse, scale, dq, dk, dv):
 def _softmax_head(s, scale):
     """s (N, N) = q @ k.T of one head -> P = softmax(scale * s), in place."""
     N = s.shape[1]
-    scratch = np.empty(N, s.dtype)
     for i in range(N):
         row = s[i]
         m = scale * row[0]
         for j in range(N):
             row[j] *= scale
             m = max(m, row[j])
-        _exp_shifted(row, m, N, scratch)
+        exp_shifted(row, m, N)
         total = 0.0
         for j in range(N):
             total += row[j]
@@ -545,11 +537,11 @@ def blas_backward(dout, cache):
     return np.matmul(ds, k), np.matmul(np.swapaxes(ds, -1, -2), q), dv
 
 
-register("attention", "cpu_v1", v1_forward, v1_backward, priority=4,
+register("attention", "cpu_v1", v1_forward, v1_backward,
          description="Numba: N x N scores per head as in the reference, plain loops, parallel over heads")
-register("attention", "cpu_v2", v2_forward, v2_backward, priority=3,
+register("attention", "cpu_v2", v2_forward, v2_backward,
          description="Numba: fused per query row, keeps the row log-sum-exp, not P")
-register("attention", "cpu_v3", v3_forward, v3_backward, priority=10,
+register("attention", "cpu_v3", v3_forward, v3_backward,
          description="Numba: flash-style tiles, online softmax, memory linear in N")
-register("attention", "cpu_blas", blas_forward, blas_backward, priority=5,
+register("attention", "cpu_blas", blas_forward, blas_backward,
          description="np.matmul (BLAS) around a Numba-fused softmax and dsoftmax")

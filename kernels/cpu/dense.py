@@ -1,22 +1,23 @@
 """Dense products on the CPU in Numba: matmul, linear (x @ w.T + b) and patch embedding.
 
-Shape letters: L batch of matrices, M rows, K reduction, N columns; for linear x (..., Din),
-w (Dout, Din) and M = prod(...) rows; for patch embedding B, C, H, W, P, Np = (H/P)(W/P), D.
+Shape letters: matmul a (L, M, Din) @ b (L, Din, Dout), L a batch of matrices (not layers), M rows,
+Din the reduction, Dout columns; linear x (..., Din) @ w.T, w (Dout, Din), M = prod(...) rows
+(B*N for a ViT activation); patch embedding B, C, H, W, P, Np = (H/P)(W/P) patches, D width.
 
 Versions (the backward is two more products of the forward's size):
 
     cpu_naive  triple loop, prange over output rows, strict IEEE (no fastmath): the inner product
-               walks a column of b with stride N, so loads miss the cache and the reduction cannot
+               walks a column of b with stride Dout, so loads miss the cache and the reduction cannot
                be vectorised. Here to show why BLAS wins: 1-2 GFLOP/s against OpenBLAS's 30-60.
-    cpu_tiled  b packed transposed once (bt, so both operands run along K); each task owns two
+    cpu_tiled  b packed transposed once (bt, so both operands run along Din); each task owns two
                output rows and computes 2x2 blocks: four dot products share four loads per step,
                and fastmath={reassoc, contract} lets LLVM turn them into AVX2 FMAs. 10-20 GFLOP/s,
                0.3-0.6x OpenBLAS: packing, cache blocking and a register-resident micro-kernel
                (what BLAS adds on top) are worth another 2-3x.
     cpu_blas   OpenBLAS through np.matmul, in the faster orientation: for a long reduction and a
-               wide output (K >= 4N, N > M: linear's dw = g.T @ x when Dout < Din, i.e. fc2, and
-               matmul's dB) this OpenBLAS ran 3-6x slower than on the transposed problem, so it
-               computes C^T = B^T A^T there. linear adds the bias and sums the bias gradient in
+               wide output (Din >= 4 Dout, Dout > M: linear's dw = g.T @ x for fc2, 192 x 8320 @
+               8320 x 768, and matmul's db) this OpenBLAS ran 3-6x slower than on the transposed
+               problem, so it computes C^T = B^T A^T there. linear adds the bias and sums the bias gradient in
                Numba prange passes (above 65536 elements; NumPy below, where waking threads costs
                more). A first matmul version looping np.dot over the batch inside Numba measured
                0.67x the reference on the attention-score shape and was dropped.
@@ -51,10 +52,10 @@ move by 20%; medians, implementations timed in turns:
     patch_embed cifar      reference    13.2     30.6      11.5        1.00       1.00
                            cpu_v1       18.8     25.0       8.0        0.70       1.22
 
-Defaults (priority): matmul and linear cpu_blas (+5): equal to the reference within the noise
-except the long-K backward products, 2-3x faster (qkv + fc1 + fc2, forward + backward: 735 ->
-602 ms); cpu_naive (-20) and cpu_tiled (-10) stay below the reference. patch_embed keeps the
-reference (cpu_v1 at -5): no measurable gain.
+Defaults (the table in kernels/registry.py): matmul and linear cpu_blas, equal to the reference
+within the noise except the long-reduction backward products, 2-3x faster there (qkv + fc1 + fc2,
+forward + backward: 735 -> 602 ms); cpu_naive and cpu_tiled stay slower than the reference and
+are here to be read. patch_embed keeps the reference: cpu_v1 gives no measurable gain.
 """
 
 import numpy as np
@@ -75,38 +76,38 @@ _PARALLEL_FROM = 1 << 16  # elements; below, NumPy's one-thread pass beats wakin
 # ---------------------------------------------------------------- products: two Numba kernels, one BLAS
 @njit(parallel=True, cache=True)
 def _gemm_naive(a, b, out):
-    """out[l] = a[l] @ b[l]; a (L, M, K), b (L, K, N), out (L, M, N) zeroed."""
-    L, M, K = a.shape
-    N = b.shape[2]
+    """out[l] = a[l] @ b[l]; a (L, M, Din), b (L, Din, Dout), out (L, M, Dout) zeroed."""
+    L, M, Din = a.shape
+    Dout = b.shape[2]
     for r in prange(L * M):
         l, i = r // M, r % M
-        for j in range(N):
+        for j in range(Dout):
             s = out[l, i, j]
-            for k in range(K):
-                s += a[l, i, k] * b[l, k, j]  # b walks down a column: stride N
+            for k in range(Din):
+                s += a[l, i, k] * b[l, k, j]  # b walks down a column: stride Dout
             out[l, i, j] = s
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def _gemm_nt(a, bt, out):
-    """out[l] += a[l] @ bt[l].T; a (L, M, K), bt (L, N, K), both contiguous along K.
+    """out[l] += a[l] @ bt[l].T; a (L, M, Din), bt (L, Dout, Din), both contiguous along Din.
 
     Each task owns two output rows and sweeps them in 2x2 blocks; an odd last row/column is
     computed twice (clamped index) and written once, which keeps the hot loop branch-free."""
-    L, M, K = a.shape
-    N = bt.shape[1]
+    L, M, Din = a.shape
+    Dout = bt.shape[1]
     mb = (M + 1) // 2
     for t in prange(L * mb):
         l = t // mb
         i0 = 2 * (t % mb)
         i1 = min(i0 + 1, M - 1)
-        a0, a1 = a[l, i0], a[l, i1]  # (K,) rows
-        for j0 in range(0, N, 2):
-            j1 = min(j0 + 1, N - 1)
+        a0, a1 = a[l, i0], a[l, i1]  # (Din,) rows
+        for j0 in range(0, Dout, 2):
+            j1 = min(j0 + 1, Dout - 1)
             b0, b1 = bt[l, j0], bt[l, j1]
             s00, s01 = out[l, i0, j0], out[l, i0, j1]
             s10, s11 = out[l, i1, j0], out[l, i1, j1]
-            for k in range(K):
+            for k in range(Din):
                 s00 += a0[k] * b0[k]
                 s01 += a0[k] * b1[k]
                 s10 += a1[k] * b0[k]
@@ -139,13 +140,13 @@ def _tiled(a3, b3):
 
 
 def _blas(a, b):
-    """a (..., M, K) @ b (..., K, N) by OpenBLAS, in the faster orientation: with a long
-    reduction (K >= 4N, N > M) OpenBLAS 0.3.31 ran 3-6x slower than on the transposed problem
-    (measured: (192 x 8320) @ (8320 x 768) 430 ms, (768 x 8320) @ (8320 x 192) 60 ms, both min
-    of 7), so compute C^T = B^T A^T there and transpose the small result back."""
-    M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
-    if M < N and K >= 4 * N:  # e.g. linear's dw = g.T @ x for fc2: (192 x 8320) @ (8320 x 768)
-        ct = np.matmul(np.swapaxes(b, -1, -2), np.swapaxes(a, -1, -2))  # (..., N, M)
+    """a (..., M, Din) @ b (..., Din, Dout) by OpenBLAS, in the faster orientation: with a long
+    reduction (Din >= 4 Dout, Dout > M) OpenBLAS 0.3.31 ran 3-6x slower than on the transposed
+    problem (measured: (192 x 8320) @ (8320 x 768) 430 ms, (768 x 8320) @ (8320 x 192) 60 ms,
+    both min of 7), so compute C^T = B^T A^T there and transpose the small result back."""
+    M, Din, Dout = a.shape[-2], a.shape[-1], b.shape[-1]
+    if M < Dout and Din >= 4 * Dout:  # e.g. linear's dw = g.T @ x for fc2: (192 x 8320) @ (8320 x 768)
+        ct = np.matmul(np.swapaxes(b, -1, -2), np.swapaxes(a, -1, -2))  # (..., Dout, M)
         return np.ascontiguousarray(np.swapaxes(ct, -1, -2))
     return np.matmul(a, b)
 
@@ -154,13 +155,13 @@ def _blas(a, b):
 def _matmul_with(gemm, a, b):
     """np.matmul(a, b) (1-D promotion, batch broadcasting) computed by a 3-D `gemm`."""
     dtype = np.result_type(a, b)
-    a2 = a[None, :] if a.ndim == 1 else a  # (..., M, K)
-    b2 = b[:, None] if b.ndim == 1 else b  # (..., K, N)
+    a2 = a[None, :] if a.ndim == 1 else a  # (..., M, Din)
+    b2 = b[:, None] if b.ndim == 1 else b  # (..., Din, Dout)
     batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
-    (M, K), N = a2.shape[-2:], b2.shape[-1]
-    a3 = np.broadcast_to(a2, batch + (M, K)).reshape(-1, M, K).astype(dtype, copy=False)  # (L, M, K)
-    b3 = np.broadcast_to(b2, batch + (K, N)).reshape(-1, K, N).astype(dtype, copy=False)  # (L, K, N)
-    out = gemm(a3, b3).reshape(batch + (M, N))
+    (M, Din), Dout = a2.shape[-2:], b2.shape[-1]
+    a3 = np.broadcast_to(a2, batch + (M, Din)).reshape(-1, M, Din).astype(dtype, copy=False)  # (L, M, Din)
+    b3 = np.broadcast_to(b2, batch + (Din, Dout)).reshape(-1, Din, Dout).astype(dtype, copy=False)
+    out = gemm(a3, b3).reshape(batch + (M, Dout))
     if a.ndim == 1:
         out = out[..., 0, :]
     if b.ndim == 1:
@@ -325,17 +326,17 @@ def patch_embed_backward(grad, cache):
 
 
 # ---------------------------------------------------------------- registry
-register("matmul", "cpu_naive", matmul_naive_forward, matmul_naive_backward, priority=-20,
+register("matmul", "cpu_naive", matmul_naive_forward, matmul_naive_backward,
          description="Numba: triple loop, prange over rows, strided column walk (why BLAS wins)")
-register("matmul", "cpu_tiled", matmul_tiled_forward, matmul_tiled_backward, priority=-10,
+register("matmul", "cpu_tiled", matmul_tiled_forward, matmul_tiled_backward,
          description="Numba: b packed transposed, 2x2 register blocks, fastmath FMA dot products")
-register("matmul", "cpu_blas", matmul_blas_forward, matmul_blas_backward, priority=5,
-         description="np.matmul (OpenBLAS) in the faster orientation for long-K wide outputs")
-register("linear", "cpu_naive", linear_naive_forward, linear_naive_backward, priority=-20,
+register("matmul", "cpu_blas", matmul_blas_forward, matmul_blas_backward,
+         description="np.matmul (OpenBLAS) in the faster orientation for long-reduction wide outputs")
+register("linear", "cpu_naive", linear_naive_forward, linear_naive_backward,
          description="Numba: naive triple-loop products + prange bias add / bias-grad sum")
-register("linear", "cpu_tiled", linear_tiled_forward, linear_tiled_backward, priority=-10,
+register("linear", "cpu_tiled", linear_tiled_forward, linear_tiled_backward,
          description="Numba: 2x2-blocked fastmath dot products (x and w both run along Din)")
-register("linear", "cpu_blas", linear_blas_forward, linear_blas_backward, priority=5,
+register("linear", "cpu_blas", linear_blas_forward, linear_blas_backward,
          description="OpenBLAS, oriented dw product + Numba prange bias add and bias-grad sum")
-register("patch_embed", "cpu_v1", patch_embed_forward, patch_embed_backward, priority=-5,
+register("patch_embed", "cpu_v1", patch_embed_forward, patch_embed_backward,
          description="Numba one-pass prange patchify/unpatchify around one BLAS matmul")

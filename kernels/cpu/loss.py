@@ -12,8 +12,8 @@ dlogits = (p - t) * grad / B. Everything is shifted by the row max, so logits of
 
 Versions:
 
-    cpu_v1  one thread, exp through normact.fast_exp (a vectorised polynomial in float32, libm in
-            float64). A CIFAR batch is 128 x 10 logits (5 KB): far below what pays for waking a
+    cpu_v1  one thread, exp through fastmath.fast_exp (a vectorised polynomial in float32, libm
+            in float64). A CIFAR batch is 128 x 10 logits (5 KB): far below what pays for waking a
             thread pool. A cpu_v2 with prange over rows measured 0.035 / 0.025 ms (fwd / bwd)
             against v1's 0.015 / 0.005 at B=128, K=10, and 0.68 / 0.11 against 0.59 / 0.06 at
             B=256, K=1000, so it was dropped (it also cost two more compilations).
@@ -29,7 +29,7 @@ medians of 5, implementations in turns:
     imagenet B=256, K=1000    reference   1.155    0.604     1.00       1.00
                               cpu_v1      0.552    0.111     2.09       5.43
 
-Default: cpu_v1 (priority 10).
+Default (the table in kernels/registry.py): cpu_v1.
 """
 import math
 
@@ -37,7 +37,7 @@ import numpy as np
 from numba import njit
 
 from ..registry import register
-from .normact import fast_exp
+from .fastmath import fast_exp
 
 _FASTMATH = {"reassoc", "contract"}  # vectorised row sums; no nnan/ninf
 
@@ -104,5 +104,5 @@ def _make(fwd_kernel, bwd_kernel):
 
 sce_v1_forward, sce_v1_backward = _make(_sce_fwd_serial, _sce_bwd_serial)
 
-register("softmax_cross_entropy", "cpu_v1", sce_v1_forward, sce_v1_backward, priority=10,
+register("softmax_cross_entropy", "cpu_v1", sce_v1_forward, sce_v1_backward,
          description="Numba, one thread: fused max/exp-sum/loss per row, saves p; 1-pass backward")

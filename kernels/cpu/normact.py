@@ -1,7 +1,8 @@
 """LayerNorm, GELU and softmax over the last axis on the CPU in Numba (ViT paper, Eq. 2-3;
 Ba et al. 2016; Hendrycks & Gimpel 2016). The maths is in kernels/reference/normact.py.
 
-Shape letters: M rows (every leading axis flattened, B*N for a ViT activation), D the last axis.
+Shape letters: M rows (every leading axis flattened, B*N for a ViT activation), D the last axis
+(N, the keys, for softmax over attention logits).
 Kernels run prange over rows (elements for gelu); a row (D=192 floats) stays in L1, so "one pass"
 means each row is read from memory once per direction. Row statistics are summed in float64.
 
@@ -19,13 +20,12 @@ Versions:
                       and exp is a scalar libm call, which also blocks LLVM's vectoriser.
     gelu cpu_v2       the forward also stores Phi(x) (as the reference does), so the backward
                       needs one exp per element and no erf.
-    gelu cpu_v3       float32 through polynomials LLVM vectorises (8 AVX2 lanes): erf as a clamped
-                      odd/even rational function (max abs error 4.4e-7 against scipy on [-6, 6]),
-                      exp as Cephes' expf polynomial with 2^n built from exponent bits (max rel
-                      error 8e-8 on [-87, 88]). float64 keeps libm. Caches x only.
+    gelu cpu_v3       float32 through the polynomials of fastmath.py, which LLVM vectorises (8
+                      AVX2 lanes): erf as a clamped odd/even rational function, exp as Cephes'
+                      expf with 2^n built from exponent bits. float64 keeps libm. Caches x only.
     softmax cpu_v1    max, exp-and-sum, scale, one row at a time with libm exp; backward dot(dy, y)
                       then dx, fused per row.
-    softmax cpu_v2    as v1 with the vectorised float32 exp (fast_exp below).
+    softmax cpu_v2    as v1 with the vectorised float32 exp (fastmath.fast_exp).
 
 Measured on the 2-core AMD EPYC (Zen 3) dev box, float32, CIFAR ViT shapes (M = B*N = 128*65 =
 8320 rows; LayerNorm D=192, GELU on the MLP's D=768, softmax over the (128, 3, 65, 65) attention
@@ -46,17 +46,19 @@ logits), while other jobs kept its load average at 3-6; medians of 5, implementa
                cpu_v1       8.93     1.12      1.5      17.3       1.09       3.64
 
 LayerNorm v1 against v2, 41 interleaved rounds: forward 1.37 vs 1.73 ms, backward 2.76 vs 2.80.
-Defaults (priority): layernorm cpu_v1 (10; v2 5: same speed, less memory), gelu cpu_v3 (20),
-softmax cpu_v2 (20).
+Defaults (the table in kernels/registry.py): layernorm cpu_v1 (v2's speed, less memory), gelu
+cpu_v3, softmax cpu_v2. Moving the exp and erf to fastmath.py changed neither gelu v3 nor softmax
+v2 beyond the noise (fastmath.py has the before/after table, on the Intel box that replaced the
+AMD one).
 """
 import math
 
 import numpy as np
-from llvmlite import ir
 from numba import njit, prange, types
-from numba.extending import intrinsic, overload
+from numba.extending import overload
 
 from ..registry import register
+from .fastmath import erff, expf, fast_exp
 
 _FASTMATH = {"reassoc", "contract"}  # vectorised row sums; no nnan/ninf (inf must stay inf)
 _CHUNKS = 32  # row chunks for the dw/db partial sums: fixed, so results are reproducible
@@ -75,65 +77,7 @@ def _rows(a):
     return _c(a).reshape(-1, a.shape[-1])
 
 
-# ---------------------------------------------------------------- float32 math LLVM can vectorise
-# Without Intel's SVML, Numba compiles math.exp/math.erf to one libm call per element, which
-# stops LLVM's loop vectoriser. Written as polynomials, the float32 versions become 8-lane AVX2
-# code. float64 keeps libm (these polynomials are float32-accurate only).
-@intrinsic
-def _f32_from_bits(typingctx, bits):
-    """Reinterpret an int32 as the float32 with the same bits (a free register move)."""
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], ir.FloatType())
-
-    return types.float32(types.int32), codegen
-
-
-@njit(inline="always", fastmath={"contract"}, cache=True)
-def _expf(x):
-    """exp for float32, max relative error ~1 ulp (Cephes expf's polynomial): x = n ln2 + r with
-    |r| <= ln2/2 (Cody-Waite split of ln2), exp(r) by a degree-7 polynomial, 2^n built from its
-    exponent bits. Below -87 the result is flushed to 0 (the denormal range)."""
-    xc = min(max(x, np.float32(-87.0)), np.float32(88.0))
-    n = (xc * np.float32(1.4426950408889634) + np.float32(12582912.0)) - np.float32(12582912.0)  # round
-    r = xc - n * np.float32(0.693359375)
-    r = r - n * np.float32(-2.12194440e-4)
-    y = np.float32(1.9875691500e-4)
-    y = y * r + np.float32(1.3981999507e-3)
-    y = y * r + np.float32(8.3334519073e-3)
-    y = y * r + np.float32(4.1665795894e-2)
-    y = y * r + np.float32(1.6666665459e-1)
-    y = y * r + np.float32(5.0000001201e-1)
-    y = y * (r * r) + r + np.float32(1.0)
-    two_n = _f32_from_bits((np.int32(n) + np.int32(127)) * np.int32(1 << 23))
-    return y * two_n if x > np.float32(-87.0) else np.float32(0.0)
-
-
-@njit(inline="always", fastmath={"contract"}, cache=True)
-def _erff(a):
-    """erf for float32, max abs error ~5e-7: an odd/even rational function of x on [-4, 4] (the
-    form used by Eigen's and XLA's fast float erf); erf(+-4) is +-1 in float32."""
-    x = min(max(a, np.float32(-4.0)), np.float32(4.0))
-    x2 = x * x
-    p = np.float32(-2.72614225801306e-10)
-    p = p * x2 + np.float32(2.77068142495902e-08)
-    p = p * x2 + np.float32(-2.10102402082508e-06)
-    p = p * x2 + np.float32(-5.69250639462346e-05)
-    p = p * x2 + np.float32(-7.34990630326855e-04)
-    p = p * x2 + np.float32(-2.95459980854025e-03)
-    p = p * x2 + np.float32(-1.60960333262415e-02)
-    q = np.float32(-1.45660718464996e-05)
-    q = q * x2 + np.float32(-2.13374055278905e-04)
-    q = q * x2 + np.float32(-1.68282697438203e-03)
-    q = q * x2 + np.float32(-7.37332916720468e-03)
-    q = q * x2 + np.float32(-1.42647390514189e-02)
-    return x * p / q
-
-
-def fast_exp(x):
-    """exp(x): the vectorisable polynomial for float32, libm for float64 (inside Numba)."""
-    return math.exp(x)
-
-
+# ---------------------------------------------------------------- GELU's Phi and phi, float32 vectorised
 def gelu_cdf(x):
     """Phi(x) = 0.5 (1 + erf(x / sqrt 2)) in x's own precision (inside Numba)."""
     return 0.5 * (1.0 + math.erf(x * _SQRT_HALF))
@@ -144,24 +88,17 @@ def gelu_pdf(x):
     return math.exp(-0.5 * x * x) * _INV_SQRT_2PI
 
 
-@overload(fast_exp, inline="always", jit_options={"cache": True})
-def _fast_exp_impl(x):
-    if x == types.float32:
-        return lambda x: _expf(x)
-    return lambda x: math.exp(x)
-
-
 @overload(gelu_cdf, inline="always", jit_options={"cache": True})
 def _gelu_cdf_impl(x):
     if x == types.float32:
-        return lambda x: np.float32(0.5) * (np.float32(1.0) + _erff(x * np.float32(_SQRT_HALF)))
+        return lambda x: np.float32(0.5) * (np.float32(1.0) + erff(x * np.float32(_SQRT_HALF)))
     return lambda x: 0.5 * (1.0 + math.erf(x * _SQRT_HALF))
 
 
 @overload(gelu_pdf, inline="always", jit_options={"cache": True})
 def _gelu_pdf_impl(x):
     if x == types.float32:
-        return lambda x: _expf(np.float32(-0.5) * x * x) * np.float32(_INV_SQRT_2PI)
+        return lambda x: expf(np.float32(-0.5) * x * x) * np.float32(_INV_SQRT_2PI)
     return lambda x: math.exp(-0.5 * x * x) * _INV_SQRT_2PI
 
 
@@ -328,54 +265,55 @@ def gelu_v3_backward(grad, cache):
 # ---------------------------------------------------------------- softmax
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def _softmax_fwd(x, y):
-    """Row softmax of x (M, K) into y, shifted by the row max so exp never overflows."""
-    M, K = x.shape
+    """Row softmax of x (M, N) into y, shifted by the row max so exp never overflows; N is the row
+    length (the keys, for attention logits (B, Hh, N, N) seen as M = B*Hh*N rows)."""
+    M, N = x.shape
     for i in prange(M):
         m = x[i, 0]
-        for j in range(1, K):
+        for j in range(1, N):
             m = max(m, x[i, j])
         s = 0.0
-        for j in range(K):
+        for j in range(N):
             e = math.exp(np.float64(x[i, j]) - m)
             y[i, j] = e
             s += e
         inv = 1.0 / s
-        for j in range(K):
+        for j in range(N):
             y[i, j] *= inv
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def _softmax_fwd_v2(x, y):
     """As _softmax_fwd, but exp in x's precision: the vectorised polynomial for float32."""
-    M, K = x.shape
+    M, N = x.shape
     for i in prange(M):
         m = x[i, 0]
-        for j in range(1, K):
+        for j in range(1, N):
             m = max(m, x[i, j])
         s = 0.0
-        for j in range(K):
+        for j in range(N):
             e = fast_exp(x[i, j] - m)
             y[i, j] = e
             s += e
         inv = 1.0 / s
-        for j in range(K):
+        for j in range(N):
             y[i, j] *= inv
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def _softmax_bwd(g, y, dx):
     """dx = y * (g - sum(g * y)) per row."""
-    M, K = g.shape
+    M, N = g.shape
     for i in prange(M):
         s = 0.0
-        for j in range(K):
+        for j in range(N):
             s += g[i, j] * y[i, j]
-        for j in range(K):
+        for j in range(N):
             dx[i, j] = y[i, j] * (g[i, j] - s)
 
 
 def _softmax_forward(kernel, x):
-    x2 = _rows(x)  # (M, K)
+    x2 = _rows(x)  # (M, N)
     y = np.empty_like(x2)
     kernel(x2, y)
     return y.reshape(x.shape), (y,)
@@ -397,17 +335,17 @@ def softmax_backward(grad, cache):
 
 
 # ---------------------------------------------------------------- registry
-register("layernorm", "cpu_v1", layernorm_v1_forward, layernorm_v1_backward, priority=10,
+register("layernorm", "cpu_v1", layernorm_v1_forward, layernorm_v1_backward,
          description="Numba: fused row pass, saves mean/rstd; backward recomputes xhat")
-register("layernorm", "cpu_v2", layernorm_v2_forward, layernorm_v2_backward, priority=5,
+register("layernorm", "cpu_v2", layernorm_v2_forward, layernorm_v2_backward,
          description="Numba: fused row pass, saves xhat (like the reference)")
-register("gelu", "cpu_v1", gelu_v1_forward, gelu_backward, priority=5,
+register("gelu", "cpu_v1", gelu_v1_forward, gelu_backward,
          description="Numba: prange, math.erf; caches x only, backward recomputes Phi")
-register("gelu", "cpu_v2", gelu_v2_forward, gelu_backward, priority=10,
+register("gelu", "cpu_v2", gelu_v2_forward, gelu_backward,
          description="Numba: prange, math.erf; caches Phi(x), backward needs only exp")
-register("gelu", "cpu_v3", gelu_v3_forward, gelu_v3_backward, priority=20,
+register("gelu", "cpu_v3", gelu_v3_forward, gelu_v3_backward,
          description="Numba: float32 via vectorisable polynomial erf/exp (AVX2); float64 libm")
-register("softmax", "cpu_v1", softmax_v1_forward, softmax_backward, priority=10,
+register("softmax", "cpu_v1", softmax_v1_forward, softmax_backward,
          description="Numba: prange over rows, max-shifted libm exp, fused backward")
-register("softmax", "cpu_v2", softmax_v2_forward, softmax_backward, priority=20,
+register("softmax", "cpu_v2", softmax_v2_forward, softmax_backward,
          description="Numba: as v1 with the vectorisable float32 exp polynomial")

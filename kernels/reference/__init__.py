@@ -3,7 +3,7 @@
 Array signatures (forward returns `(out, cache)`; backward takes `(grad_out, cache)` and returns a
 tuple with one gradient per array input, None where an input was None):
 
-    matmul(a, b)                              a (..., M, K), b (..., K, N) -> (..., M, N)
+    matmul(a, b)                              a (..., M, Din), b (..., Din, Dout) -> (..., M, Dout)
     linear(x, w, b)                           x (..., Din), w (Dout, Din), b (Dout,)|None -> (..., Dout)
     patch_embed(x, w, b)                      x (B, C, H, W), w (D, C, P, P), b (D,) -> (B, Np, D), raster order
     layernorm(x, w, b, eps)                   over the last axis; w, b (D,)

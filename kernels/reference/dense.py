@@ -26,11 +26,11 @@ def matmul_forward(a, b):
 
 def matmul_backward(grad, cache):
     a, b = cache
-    if b.ndim == 1:  # (..., K) @ (K,) -> (...)
+    if b.ndim == 1:  # (..., Din) @ (Din,) -> (...)
         da = grad[..., None] * b
         db = unbroadcast((a * grad[..., None]).reshape(-1, b.shape[0]).sum(0), b.shape) if a.ndim > 1 else grad * a
         return da, db
-    if a.ndim == 1:  # (K,) @ (..., K, N) -> (..., N)
+    if a.ndim == 1:  # (Din,) @ (..., Din, Dout) -> (..., Dout)
         da = unbroadcast(np.matmul(b, grad[..., None])[..., 0], a.shape)
         return da, unbroadcast(a[:, None] * grad[..., None, :], b.shape)
     da = unbroadcast(np.matmul(grad, np.swapaxes(b, -1, -2)), a.shape)
