@@ -2,21 +2,30 @@
 
 A `Tensor` wraps one array. Every operation is a `Function` whose `forward(ctx, *arrays)` and
 `backward(ctx, grad)` sit side by side (as in micrograd and minitorch); `Function.apply` runs the
-forward on raw arrays and, when a gradient is needed, records the inputs so that
-`Tensor.backward()` can walk the graph in reverse topological order and apply the chain rule:
+forward on raw arrays and, when a gradient is needed, records a `Node` (the backward, its context
+and the inputs) so that `Tensor.backward()` can walk the graph in reverse topological order and
+apply the chain rule:
 
     y = f(x1, x2)         ->  x1.grad += df/dx1^T . y.grad,  x2.grad += ...
 
 Gradients accumulate into the `.grad` of leaf tensors (parameters); call `zero_grad()` between
-steps. Broadcasting in the forward is undone in the backward by summing over broadcast axes.
-The primitive ops live here; the fused ones (linear, attention, layernorm, ...) in functional.py.
+steps. Broadcasting in the forward is undone in the backward by summing over broadcast axes
+(`unbroadcast`). A Function may return several arrays (`unbind` splits q, k and v apart); its
+backward then gets one gradient per output, None for an output no path reached.
+
+The primitive ops live here; `KernelOp` runs an op from the `kernels` registry (the fused ops
+in functional.py, and `@`), so swapping a kernel changes no model code.
 """
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 
 import numpy as np
+
+import kernels
+from kernels.reference.dense import unbroadcast  # the backward of NumPy broadcasting: sum over broadcast axes
 
 _state = threading.local()
 
@@ -45,8 +54,8 @@ def enable_grad():
 
 
 def array_module(a):
-    """numpy, or cupy for CuPy arrays (imported only when one shows up)."""
-    return np if isinstance(a, np.ndarray) or type(a).__module__ == "numpy" else __import__("cupy")
+    """numpy, or cupy for a CuPy array (cupy is already imported when one exists)."""
+    return sys.modules["cupy"] if type(a).__module__.startswith("cupy") else np
 
 
 def _is_array(a) -> bool:
@@ -55,18 +64,6 @@ def _is_array(a) -> bool:
 
 def device_of(a) -> str:
     return "cpu" if array_module(a) is np else "gpu"
-
-
-def unbroadcast(grad, shape):
-    """Sum `grad` down to `shape`: the backward of NumPy broadcasting."""
-    if grad.shape == tuple(shape):
-        return grad
-    extra = grad.ndim - len(shape)
-    axes = tuple(range(extra)) + tuple(
-        extra + i for i, size in enumerate(shape) if size == 1 and grad.shape[extra + i] != 1
-    )
-    grad = grad.sum(axis=axes, keepdims=True)
-    return grad.reshape(shape)
 
 
 class Context:
@@ -78,11 +75,23 @@ class Context:
         self.saved = values
 
 
+class Node:
+    """One recorded application of a Function: what its backward needs. Every output tensor of
+    the application points at the same Node (`tensor._node`), and at its own place in the
+    outputs (`tensor._output`)."""
+
+    __slots__ = ("backward", "ctx", "inputs", "num_outputs")
+
+    def __init__(self, backward, ctx, inputs, num_outputs):
+        self.backward, self.ctx, self.inputs, self.num_outputs = backward, ctx, inputs, num_outputs
+
+
 class Function:
     """An operation with a hand-written backward. Subclasses define two static methods:
 
-        forward(ctx, *arrays, **params) -> array
+        forward(ctx, *arrays, **params) -> array (or a tuple of arrays)
         backward(ctx, grad) -> one gradient (or None) per array input
+                              (backward(ctx, *grads) for a forward that returns a tuple)
     """
 
     @staticmethod
@@ -97,21 +106,49 @@ class Function:
     def apply(cls, *inputs, **params):
         arrays = [x.data if isinstance(x, Tensor) else x for x in inputs]
         ctx = Context()
-        needs = tuple(isinstance(x, Tensor) and x.requires_grad for x in inputs)
-        ctx.needs_input_grad = needs
+        ctx.needs_input_grad = tuple(isinstance(x, Tensor) and x.requires_grad for x in inputs)
         out = cls.forward(ctx, *arrays, **params)
-        result = Tensor(out)
-        if any(needs) and is_grad_enabled():
-            result.requires_grad = True
-            result._node = (cls.backward, ctx, inputs)
-        return result
+        outs = out if isinstance(out, tuple) else (out,)
+        node = None
+        if any(ctx.needs_input_grad) and is_grad_enabled():
+            node = Node(cls.backward, ctx, inputs, len(outs))
+        results = tuple(Tensor._from_function(o, node, i) for i, o in enumerate(outs))
+        return results if isinstance(out, tuple) else results[0]
+
+
+class KernelOp(Function):
+    """A fused op whose forward and backward are the registry's current kernels for `op`:
+
+        out, cache = kernel.forward(*arrays, **params);   grads = kernel.backward(grad, cache)
+    """
+
+    op: str = ""
+
+    @classmethod
+    def forward(cls, ctx, *arrays, **params):
+        arrays = [_contiguous(a) if a is not None and a.dtype.kind == "f" else a for a in arrays]
+        ctx.impl = kernels.get(cls.op, device_of(arrays[0]))
+        out, ctx.cache = ctx.impl.forward(*arrays, **params)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.impl.backward(_contiguous(grad), ctx.cache)
+
+
+def _contiguous(a):
+    """Kernels take C-contiguous arrays (Numba compiles one version per memory layout)."""
+    if a.ndim == 0 or a.flags.c_contiguous:  # ascontiguousarray would turn 0-d into 1-d
+        return a
+    return array_module(a).ascontiguousarray(a)
 
 
 class Tensor:
     """An array with a gradient. `data` is a NumPy (or CuPy) array; `grad` an array of the same
-    shape once backward has reached this tensor; `_node` the (backward, ctx, inputs) that made it."""
+    shape once backward has reached this tensor; `_node` the Node that made it (None for a leaf)
+    and `_output` which of that Node's outputs it is."""
 
-    __slots__ = ("data", "grad", "requires_grad", "_node", "__weakref__")
+    __slots__ = ("data", "grad", "requires_grad", "_node", "_output", "__weakref__")
     __array_priority__ = 1000  # so that `ndarray + Tensor` calls Tensor.__radd__
 
     def __init__(self, data, requires_grad=False, dtype=None):
@@ -129,6 +166,14 @@ class Tensor:
         self.grad = None
         self.requires_grad = requires_grad
         self._node = None
+        self._output = 0
+
+    @classmethod
+    def _from_function(cls, data, node, output):
+        t = cls(data)
+        if node is not None:
+            t.requires_grad, t._node, t._output = True, node, output
+        return t
 
     # ---- array-like surface -------------------------------------------------------------
     shape = property(lambda self: self.data.shape)
@@ -169,23 +214,21 @@ class Tensor:
             if self.data.size != 1:
                 raise RuntimeError(f"backward() needs a grad argument for a non-scalar tensor of shape {self.shape}")
             grad = array_module(self.data).ones_like(self.data)
-        grads = {id(self): grad}
-        for node in _topological_order(self):
-            g = grads.pop(id(node), None)
-            if g is None:
+        if self._node is None:  # backward on a leaf: its gradient is the one given
+            _accumulate(self, grad)
+            return
+        pending = {}  # id(node) -> list with the gradient of each of its outputs (None: none yet)
+        _add_output_grad(pending, self, grad)
+        for node in _topological_order(self._node):
+            grads = pending.pop(id(node), None)
+            if grads is None:  # no path from self reached this node's outputs
                 continue
-            if node._node is None:  # a leaf: accumulate
-                if node.grad is None:  # a private copy: g may be a view or shared with a sibling
-                    node.grad = g.copy()
-                else:
-                    node.grad = node.grad + g
-                continue
-            if node._node is _FREED:
+            if node.backward is None:
                 raise RuntimeError("backward() through a graph that was already freed by an earlier "
                                    "backward(); recompute the forward pass")
-            backward, ctx, inputs = node._node
-            node._node = _FREED  # free the graph (and its saved arrays) as we go
-            in_grads = backward(ctx, g)
+            backward, ctx, inputs = node.backward, node.ctx, node.inputs
+            node.backward, node.ctx, node.inputs = None, None, ()  # free the graph as we go
+            in_grads = backward(ctx, *grads) if node.num_outputs > 1 else backward(ctx, grads[0])
             if not isinstance(in_grads, tuple):
                 in_grads = (in_grads,)
             for x, gx in zip(inputs, in_grads):
@@ -195,8 +238,10 @@ class Tensor:
                     gx = unbroadcast(gx, x.data.shape)
                 if gx.dtype != x.data.dtype:
                     gx = gx.astype(x.data.dtype)
-                key = id(x)
-                grads[key] = grads[key] + gx if key in grads else gx
+                if x._node is None:
+                    _accumulate(x, gx)
+                else:
+                    _add_output_grad(pending, x, gx)
 
     # ---- operators ------------------------------------------------------------------------
     def __add__(self, other):
@@ -238,9 +283,15 @@ class Tensor:
         return MatMul.apply(other, self)
 
     def __getitem__(self, index):
-        if isinstance(index, Tensor):
+        if isinstance(index, tuple):
+            index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
+        elif isinstance(index, Tensor):
             index = index.data
         return GetItem.apply(self, index=index)
+
+    def unbind(self, axis=0):
+        """The slices along `axis` as a tuple of tensors (views): q, k, v = qkv.unbind(0)."""
+        return Unbind.apply(self, axis=axis)
 
     def exp(self):
         return Exp.apply(self)
@@ -273,11 +324,20 @@ class Tensor:
         return self.transpose()
 
 
-_FREED = (None, None, ())  # the node of a tensor whose graph backward() has consumed
+def _accumulate(leaf, grad):
+    """leaf.grad += grad, the first time as a private copy (grad may be a view, or shared)."""
+    leaf.grad = grad.copy() if leaf.grad is None else leaf.grad + grad
+
+
+def _add_output_grad(pending, t, grad):
+    """Add `grad` to the gradient collected so far for output `t._output` of `t._node`."""
+    grads = pending.setdefault(id(t._node), [None] * t._node.num_outputs)
+    i = t._output
+    grads[i] = grad if grads[i] is None else grads[i] + grad
 
 
 def _topological_order(root):
-    """Tensors reachable from root, each after every tensor that depends on it (iterative DFS)."""
+    """Nodes reachable from root, each after every node that uses its outputs (iterative DFS)."""
     order, visited, stack = [], set(), [(root, False)]
     while stack:
         node, expanded = stack.pop()
@@ -288,10 +348,9 @@ def _topological_order(root):
             continue
         visited.add(id(node))
         stack.append((node, True))
-        if node._node is not None:
-            for x in node._node[2]:
-                if isinstance(x, Tensor) and x.requires_grad and id(x) not in visited:
-                    stack.append((x, False))
+        for x in node.inputs:
+            if isinstance(x, Tensor) and x._node is not None and id(x._node) not in visited:
+                stack.append((x._node, False))
     return reversed(order)
 
 
@@ -476,26 +535,32 @@ def _is_basic_index(index):
     return all(isinstance(i, (int, slice, type(None), type(Ellipsis))) for i in items)
 
 
-class MatMul(Function):
-    @staticmethod
-    def forward(ctx, a, b):
-        ctx.save_for_backward(a, b)
-        return a @ b
+class MatMul(KernelOp):
+    """a @ b with NumPy's broadcasting and 1-D rules: the registry's `matmul` kernel."""
+
+    op = "matmul"
+
+
+class Unbind(Function):
+    """a -> (a[0], a[1], ...) along `axis`, as views. Backward writes the gradients into one
+    array laid out in memory like `a` (often a transposed view, such as the heads of a qkv
+    projection), so that undoing the transpose and reshape before it needs no copy."""
 
     @staticmethod
-    def backward(ctx, grad):
-        a, b = ctx.saved
-        xp = array_module(grad)
-        if a.ndim == 1 or b.ndim == 1:  # vector cases: promote, reuse the matrix rule, squeeze back
-            a2 = a[None, :] if a.ndim == 1 else a
-            b2 = b[:, None] if b.ndim == 1 else b
-            g2 = xp.expand_dims(grad, -1 if b.ndim == 1 else -2)
-            if a.ndim == 1 and b.ndim == 1:
-                g2 = grad.reshape(1, 1)
-            da = unbroadcast(g2 @ xp.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)
-            db = unbroadcast(xp.swapaxes(a2, -1, -2) @ g2, b2.shape).reshape(b.shape)
-            return da, db
-        return grad @ xp.swapaxes(b, -1, -2), xp.swapaxes(a, -1, -2) @ grad
+    def forward(ctx, a, axis=0):
+        axis = axis % a.ndim
+        ctx.shape, ctx.dtype, ctx.axis = a.shape, a.dtype, axis
+        ctx.memory_order = np.argsort([-abs(s) for s in a.strides], kind="stable")  # outermost axis first
+        return tuple(a[(slice(None),) * axis + (i,)] for i in range(a.shape[axis]))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        xp = array_module(next(g for g in grads if g is not None))
+        order = ctx.memory_order
+        out = xp.empty([ctx.shape[i] for i in order], dtype=ctx.dtype).transpose(np.argsort(order))
+        for i, g in enumerate(grads):
+            out[(slice(None),) * ctx.axis + (i,)] = 0 if g is None else g
+        return out
 
 
 class Concatenate(Function):

@@ -1,9 +1,10 @@
 """Fused ops with hand-written backward, and the composed ops built from them.
 
 Each fused op (linear, patch embedding, layernorm, gelu, softmax, attention, softmax-cross-entropy)
-is a `KernelOp`: its forward and backward are array kernels fetched from the `kernels` registry at
-call time, so `kernels.use(attention="cpu_v3")` changes what runs without touching model code.
-Dropout and drop-path draw their masks from `minivit.rng` and are written out here.
+is a `KernelOp` (autograd.py): its forward and backward are array kernels fetched from the
+`kernels` registry at call time, so `kernels.use(attention="cpu_v3")` changes what runs without
+touching model code. Dropout and drop-path draw their masks from `minivit.rng` and are written
+out here.
 
 Shape letters: B batch, N tokens, D width, Hh heads, hd = D / Hh, K classes.
 """
@@ -13,34 +14,8 @@ import math
 
 import numpy as np
 
-import kernels
-
 from . import rng
-from .autograd import Function, Tensor, array_module, device_of
-
-
-class KernelOp(Function):
-    """A fused op whose forward and backward are the registry's current kernels for `op`."""
-
-    op: str = ""
-
-    @classmethod
-    def forward(cls, ctx, *arrays, **params):
-        arrays = [_contiguous(a) if a is not None and a.dtype.kind == "f" else a for a in arrays]
-        ctx.impl = kernels.get(cls.op, device_of(arrays[0]))
-        out, ctx.cache = ctx.impl.forward(*arrays, **params)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        return ctx.impl.backward(_contiguous(grad), ctx.cache)
-
-
-def _contiguous(a):
-    """Kernels take C-contiguous arrays (Numba compiles one version per memory layout)."""
-    if a.ndim == 0 or a.flags.c_contiguous:  # ascontiguousarray would turn 0-d into 1-d
-        return a
-    return array_module(a).ascontiguousarray(a)
+from .autograd import Function, KernelOp, MatMul, Tensor, array_module
 
 
 class Linear(KernelOp):
@@ -69,10 +44,6 @@ class Attention(KernelOp):
 
 class SoftmaxCrossEntropy(KernelOp):
     op = "softmax_cross_entropy"
-
-
-class MatMul(KernelOp):
-    op = "matmul"
 
 
 def linear(x, weight, bias=None) -> Tensor:
@@ -110,71 +81,23 @@ def _swap(ndim, axis):
     return tuple(axes)
 
 
-def scaled_dot_product_attention(q, k, v, scale=None, bias=None, dropout_p=0.0, training=False,
-                                 return_weights=False):
-    """softmax(scale * q @ k^T + bias) @ v for q, k, v (B, Hh, N, hd).
-
-    The plain case runs the fused attention kernel. An additive bias (relative position
-    embeddings), attention dropout or a request for the weights (analysis) take the composed
-    path, which materialises the (B, Hh, N, N) probabilities."""
+def scaled_dot_product_attention(q, k, v, scale=None) -> Tensor:
+    """softmax(scale * q @ k^T) @ v for q, k, v (B, Hh, N, hd), by the registry's fused attention
+    kernel: the flash-style CPU default never forms the (B, Hh, N, N) weights, and its backward
+    recomputes them from the saved row log-sum-exp. scale defaults to 1 / sqrt(hd)."""
+    if q.ndim != 4 or k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"q, k and v should all be (B, Hh, N, hd), got {tuple(q.shape)}, {tuple(k.shape)}, "
+                         f"{tuple(v.shape)}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    if bias is None and not (dropout_p and training) and not return_weights:
-        return Attention.apply(q, k, v, scale=scale)
-    logits = (q @ k.transpose(0, 1, 3, 2)) * scale  # (B, Hh, N, N)
-    if bias is not None:
-        logits = logits + bias
-    weights = softmax(logits)
-    out = dropout(weights, dropout_p, training) @ v  # (B, Hh, N, hd)
-    return (out, weights) if return_weights else out
-
-
-class QKVAttention(Function):
-    """Multi-head attention read straight from the qkv projection's output, (B, N, 3D) -> (B, N, D).
-
-    One copy splits the packed (B, N, 3, Hh, hd) projection into contiguous (3, B, Hh, N, hd)
-    heads for the registry's attention kernel and one merges its (B, Hh, N, hd) output back into
-    tokens; backward does the same in reverse, so the whole qkv projection stays one matmul
-    (forward and backward) instead of three."""
-
-    @staticmethod
-    def forward(ctx, qkv, num_heads, scale):
-        B, N, D3 = qkv.shape
-        hd = D3 // (3 * num_heads)
-        xp = array_module(qkv)
-        heads = xp.ascontiguousarray(qkv.reshape(B, N, 3, num_heads, hd).transpose(2, 0, 3, 1, 4))
-        ctx.impl = kernels.get("attention", device_of(qkv))
-        out, ctx.cache = ctx.impl.forward(heads[0], heads[1], heads[2], scale=scale)  # (B, Hh, N, hd)
-        ctx.shape = (B, N, num_heads, hd)
-        return xp.ascontiguousarray(out.transpose(0, 2, 1, 3)).reshape(B, N, num_heads * hd)
-
-    @staticmethod
-    def backward(ctx, grad):
-        B, N, Hh, hd = ctx.shape
-        xp = array_module(grad)
-        dout = xp.ascontiguousarray(grad.reshape(B, N, Hh, hd).transpose(0, 2, 1, 3))
-        dq, dk, dv = ctx.impl.backward(dout, ctx.cache)
-        dqkv = xp.empty((B, N, 3, Hh, hd), dtype=dq.dtype)
-        for i, d in enumerate((dq, dk, dv)):
-            dqkv[:, :, i] = d.transpose(0, 2, 1, 3)
-        return dqkv.reshape(B, N, 3 * Hh * hd), None, None
-
-
-def qkv_attention(qkv, num_heads, scale=None) -> Tensor:
-    """softmax(scale * q k^T) v over num_heads heads, with q, k, v the thirds of the last axis of
-    qkv (B, N, 3D), each split into heads as timm does; returns (B, N, D)."""
-    if qkv.ndim != 3 or qkv.shape[-1] % (3 * num_heads):
-        raise ValueError(f"qkv should be (B, N, 3 * D) with D a multiple of {num_heads} heads, "
-                         f"got shape {tuple(qkv.shape)}")
-    hd = qkv.shape[-1] // (3 * num_heads)
-    scale = 1.0 / math.sqrt(hd) if scale is None else scale
-    return QKVAttention.apply(qkv, num_heads, scale)
+    return Attention.apply(q, k, v, scale=float(scale))
 
 
 def cross_entropy(logits, labels, label_smoothing=0.0) -> Tensor:
     """Mean softmax cross-entropy of logits (B, K) against integer labels (B,), with optional
     label smoothing; the same function as torch.nn.functional.cross_entropy."""
     labels = labels.data if isinstance(labels, Tensor) else labels
-    xp = array_module(logits.data if isinstance(logits, Tensor) else logits)
+    logits = logits if isinstance(logits, Tensor) else Tensor(logits)
+    xp = array_module(logits.data)
     labels = xp.asarray(labels)
     if labels.dtype.kind not in "iu":
         raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
@@ -204,12 +127,17 @@ class _Mask(Function):
         return grad * ctx.mask, None
 
 
+def check_probability(p, what="dropout"):
+    """p as a float in [0, 1), else a ValueError naming `what`: one check for every dropout."""
+    if isinstance(p, bool) or not isinstance(p, (int, float, np.floating, np.integer)) or not 0.0 <= p < 1.0:
+        raise ValueError(f"{what} probability must be a number in [0, 1), got {p!r}")
+    return float(p)
+
+
 def dropout(x, p=0.0, training=True) -> Tensor:
     """Zero each element with probability p and scale the rest by 1/(1-p) (inverted dropout)."""
-    if not training or p == 0.0:
+    if not check_probability(p, "dropout") or not training:
         return x
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout probability must lie in [0, 1), got {p}")
     mask = _keep_mask(x.shape, p, x.dtype, x.data if isinstance(x, Tensor) else x)
     return _Mask.apply(x, mask)
 
@@ -217,9 +145,7 @@ def dropout(x, p=0.0, training=True) -> Tensor:
 def drop_path(x, p=0.0, training=True) -> Tensor:
     """Stochastic depth (Huang et al. 2016): drop a residual branch for a whole sample.
     x (B, ...) -> the mask is (B, 1, ..., 1)."""
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"drop-path probability must lie in [0, 1), got {p}")
-    if not training or p == 0.0:
+    if not check_probability(p, "drop-path") or not training:
         return x
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
     return _Mask.apply(x, _keep_mask(shape, p, x.dtype, x.data if isinstance(x, Tensor) else x))

@@ -227,9 +227,7 @@ class LayerNorm(Module):
 class Dropout(Module):
     def __init__(self, p=0.0):
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout probability must lie in [0, 1), got {p}")
-        self.p = p
+        self.p = F.check_probability(p, "dropout")
 
     def forward(self, x):
         return F.dropout(x, self.p, self.training)
@@ -243,9 +241,7 @@ class DropPath(Module):
 
     def __init__(self, p=0.0):
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"drop-path probability must lie in [0, 1), got {p}")
-        self.p = p
+        self.p = F.check_probability(p, "drop-path")
 
     def forward(self, x):
         return F.drop_path(x, self.p, self.training)

@@ -160,7 +160,9 @@ def lr_at(step, base_lr, total_steps, warmup_steps=0, schedule="cosine", min_lr=
 
 
 class WarmupSchedule:
-    """Sets every group's lr from `lr_at` each `step()`; its only state is the step count."""
+    """The learning-rate schedule of a training run: sets every group's lr to `lr_at(step)` (its
+    own base lr, min_lr scaled alike) at construction and after each `step()`; its only state is
+    the step count, so `set_step(n)` puts a resumed run back on the same curve."""
 
     def __init__(self, optimizer, total_steps, warmup_steps=0, schedule="cosine", min_lr=0.0):
         if schedule not in SCHEDULES:
@@ -168,17 +170,16 @@ class WarmupSchedule:
         self.optimizer, self.total_steps, self.warmup_steps = optimizer, total_steps, warmup_steps
         self.schedule, self.min_lr = schedule, min_lr
         self.base_lrs = [g["lr"] for g in optimizer.param_groups]
-        self.last_step = 0
-        self._apply()
+        self.set_step(0)
 
-    def _apply(self):
+    def set_step(self, step):
+        self.last_step = int(step)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = lr_at(self.last_step, base, self.total_steps, self.warmup_steps, self.schedule,
                                 self.min_lr * base / self.base_lrs[0] if self.base_lrs[0] else self.min_lr)
 
     def step(self):
-        self.last_step += 1
-        self._apply()
+        self.set_step(self.last_step + 1)
 
     def get_last_lr(self):
         return [g["lr"] for g in self.optimizer.param_groups]
@@ -187,5 +188,5 @@ class WarmupSchedule:
         return {"last_step": self.last_step, "base_lrs": list(self.base_lrs)}
 
     def load_state_dict(self, state):
-        self.last_step, self.base_lrs = int(state["last_step"]), list(state["base_lrs"])
-        self._apply()
+        self.base_lrs = list(state["base_lrs"])
+        self.set_step(state["last_step"])

@@ -515,3 +515,41 @@ def test_float32_backward_agrees_with_float64_backward(shape, seed):
     for g32, g64 in zip(*grads):
         assert g32.dtype == np.float32
         np.testing.assert_allclose(g32, g64, rtol=1e-4, atol=1e-5)
+
+
+def test_a_tensor_inside_a_tuple_index_is_used_as_its_array():
+    x = Tensor(np.arange(12.0).reshape(3, 4), requires_grad=True)
+    rows = Tensor(np.array([2, 0]))
+    y = x[rows, 1:3]  # (2, 2): rows 2 and 0, columns 1 and 2
+    np.testing.assert_array_equal(y.data, [[9.0, 10.0], [1.0, 2.0]])
+    y.sum().backward()
+    expected = np.zeros((3, 4))
+    expected[[2, 0], 1:3] = 1.0
+    np.testing.assert_array_equal(x.grad, expected)
+
+
+def test_a_function_with_several_outputs_gets_one_gradient_per_output_and_none_for_unused_ones():
+    from minivit.autograd import Function
+
+    seen = []
+
+    class SplitTwo(Function):
+        @staticmethod
+        def forward(ctx, a):
+            return a[:2].copy(), a[2:].copy()
+
+        @staticmethod
+        def backward(ctx, ga, gb):
+            seen.append((ga, gb))
+            return np.concatenate([ga, np.zeros(1) if gb is None else gb])
+
+    x = Tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
+    first, second = SplitTwo.apply(x)
+    (first * 3.0).sum().backward()
+    assert len(seen) == 1 and seen[0][1] is None
+    np.testing.assert_array_equal(x.grad, [3.0, 3.0, 0.0])
+    x.grad = None
+    first, second = SplitTwo.apply(x)
+    (first.sum() + 2.0 * second.sum() + first[0]).backward()  # both outputs, one used twice
+    assert len(seen) == 2
+    np.testing.assert_array_equal(x.grad, [2.0, 1.0, 2.0])

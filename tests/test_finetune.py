@@ -11,6 +11,7 @@ from minivit.train.checkpoint import CheckpointError, load_checkpoint, save_chec
 from minivit.cli import main
 from minivit.train.finetune import adapt_state_dict, init_from_checkpoint, resize_pos_embed
 from minivit.train import TrainConfig, Trainer
+from minivit.posemb import interpolate_grid
 from minivit.vit import ViT
 
 SMALL = dict(patch_size=4, embed_dim=16, depth=1, num_heads=2)
@@ -126,11 +127,13 @@ def test_init_from_keeps_the_head_when_classes_and_width_match(tmp_path):
 
 
 def test_init_from_resizes_per_block_position_embeddings(tmp_path):
-    saved, path = checkpoint_at_16(tmp_path, pos_embed_at="every_block")
-    model = ViT(img_size=32, num_classes=3, pos_embed_at="every_block", **SMALL)
+    saved, path = checkpoint_at_16(tmp_path, pos_embed_at="every_block", depth=2)
+    model = ViT(img_size=32, num_classes=3, pos_embed_at="every_block", **{**SMALL, "depth": 2})
     init_from_checkpoint(model, path)
-    expected = resize_pos_embed(saved.blocks[0].pos_embed.data, (4, 4), (8, 8), 1)
-    np.testing.assert_array_equal(model.blocks[0].pos_embed.data, expected)
+    assert model.pos_embed.shape == (2, 65, 16)  # one embedding per block
+    for layer in range(2):
+        expected = resize_pos_embed(saved.pos_embed.data[layer:layer + 1], (4, 4), (8, 8), 1)
+        np.testing.assert_array_equal(model.pos_embed.data[layer:layer + 1], expected)
 
 
 def test_init_from_without_a_class_token_resizes_the_whole_grid(tmp_path):
@@ -245,3 +248,16 @@ def test_cli_train_init_from_across_patch_sizes_exits_2(folders, tmp_path, capsy
                  "--init-from", str(path)])
     assert code == 2
     assert "cannot fine-tune across patch sizes" in capsys.readouterr().err
+
+
+def test_init_from_resizes_each_blocks_relative_bias_table_and_keeps_the_class_token_entries(tmp_path):
+    saved, path = checkpoint_at_16(tmp_path, pos_embed="relative", depth=2)
+    model = ViT(img_size=32, num_classes=3, pos_embed="relative", **{**SMALL, "depth": 2})
+    init_from_checkpoint(model, path)
+    old, new = saved.rel_pos_bias.data, model.rel_pos_bias.data  # (L, Hh, (2g-1)^2 + 3)
+    assert old.shape == (2, 2, 7 * 7 + 3) and new.shape == (2, 2, 15 * 15 + 3)
+    np.testing.assert_array_equal(new[:, :, -3:], old[:, :, -3:])
+    for layer, head in np.ndindex(2, 2):  # each (layer, head) table resized on its own, as an image
+        grid = old[layer, head, :49].reshape(49, 1)
+        expected = interpolate_grid(grid, (7, 7), (15, 15))[:, 0]
+        np.testing.assert_allclose(new[layer, head, :-3], expected, rtol=1e-6)

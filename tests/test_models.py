@@ -165,7 +165,9 @@ def test_variants_follow_the_papers_table_1():
     (dict(pos_embed_at="output"), r"pos_embed_at.*'output'"),
     (dict(pos_embed="sincos", pos_embed_at="every_block"), r"pos_embed_at.*'learn'"),
     (dict(img_size=(32, 16)), r"square.*\(32, 16\)"),
-    (dict(depth=0), "positive"),
+    (dict(depth=0), r"depth must be >= 1, got 0"),
+    (dict(drop_rate=1.5), r"drop_rate probability .*\[0, 1\).*1.5"),
+    (dict(mlp_ratio=0), r"mlp_ratio must be > 0"),
 ])
 def test_invalid_options_raise_value_errors_naming_the_values(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
@@ -195,7 +197,19 @@ def test_position_embeddings_check_the_width_they_need(kwargs, pattern):
 
 @pytest.mark.parametrize("kwargs", [dict(patch_size=0), dict(num_heads=0)])
 def test_zero_patch_size_or_heads_raise_a_value_error_not_zero_division(kwargs):
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match=">= 1, got 0"):
+        ViTConfig(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, pattern", [
+    (dict(img_size="abc"), r"img_size must be an integer, got 'abc'"),
+    (dict(depth=2.5), r"depth must be an integer, got 2.5"),
+    (dict(embed_dim=True), r"embed_dim must be an integer, got True"),
+    (dict(norm_eps=float("nan")), r"norm_eps must be a finite number"),
+    (dict(class_token="yes"), r"class_token must be True or False"),
+])
+def test_options_of_the_wrong_type_raise_type_errors_naming_the_value(kwargs, pattern):
+    with pytest.raises(TypeError, match=pattern):
         ViTConfig(**kwargs)
 
 
@@ -368,7 +382,7 @@ def test_sincos_embedding_is_a_fixed_table_not_a_parameter():
     names = [n for n, _ in model.named_parameters()]
     assert not any("pos" in n for n in names)
     assert "pos_embed" not in model.state_dict()
-    table = model.position_embedding()
+    table = model.position_embedding()[None]
     assert isinstance(table, np.ndarray) and table.shape == (1, 5, 8)
     np.testing.assert_array_equal(table[0, 0], 0)  # the class token gets none
     # big_vision's posemb_sincos_2d: [sin(x w), cos(x w), sin(y w), cos(y w)], w_i = 1/10000^(i/(D/4-1))
@@ -384,8 +398,7 @@ def test_relative_bias_table_has_one_entry_per_2d_offset_per_head_plus_class_tok
     model = ViT(**{**TINY, "img_size": 12, "depth": 2, "pos_embed": "relative", "class_token": class_token,
                    "global_pool": "token" if class_token else "avg"})
     params = dict(model.named_parameters())
-    for i in range(2):
-        assert params[f"blocks.{i}.attn.rel_pos_bias"].shape == (2, (2 * 3 - 1) * (2 * 3 - 1) + extra)
+    assert params["rel_pos_bias"].shape == (2, 2, (2 * 3 - 1) * (2 * 3 - 1) + extra)  # (L, Hh, offsets + cls)
     assert "pos_embed" not in params
 
 
@@ -396,7 +409,7 @@ def test_position_parameters_of_each_variant_have_timm_like_names_and_shapes():
     assert pos_params("learn/token") == {"pos_embed": (1, 5, 8)}
     assert pos_params("learn_2d/avg") == {"pos_embed_y": (1, 2, 4), "pos_embed_x": (1, 2, 4)}
     assert pos_params("learn_2d") == {"pos_embed_y": (1, 2, 4), "pos_embed_x": (1, 2, 4), "pos_embed_cls": (1, 1, 8)}
-    assert pos_params("every_block") == {"blocks.0.pos_embed": (1, 5, 8), "blocks.1.pos_embed": (1, 5, 8)}
+    assert pos_params("every_block") == {"pos_embed": (2, 5, 8)}  # one (N, D) per block
     assert pos_params("every_block_shared") == {"pos_embed": (1, 5, 8)}
     assert pos_params("none/avg") == {} and pos_params("relative") == {} and pos_params("sincos") == {}
 
@@ -420,8 +433,8 @@ def test_per_block_embeddings_are_added_once_before_each_block():
     with minivit.no_grad():
         tokens = F.patch_embed(Tensor(x), model.patch_embed.proj.weight, model.patch_embed.proj.bias).data
         h = Tensor(np.concatenate([np.broadcast_to(model.cls_token.data, (2, 1, 8)), tokens], axis=1))
-        for block in model.blocks:
-            h = block(h + block.pos_embed)
+        for block, pos_embed in zip(model.blocks, model.pos_embed.data):
+            h = block(h + pos_embed)
         expected = model.forward_head(model.norm(h)).data
         np.testing.assert_allclose(model(x).data, expected, rtol=1e-10)
 
@@ -444,32 +457,52 @@ def test_dropout_rates_make_training_stochastic_and_reproducible_while_eval_is_d
 # ---- (e) intermediates ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("variant", ["learn/token", "none/avg", "representation", "relative", "every_block"])
-def test_forward_intermediates_returns_the_documented_arrays_and_the_same_logits(variant):
+def test_one_forward_fills_the_documented_intermediates_and_returns_the_same_logits(variant):
     model = _tiny(variant).eval()
     cfg = model.config
     x = _images()
-    out = model.forward_intermediates(x)
-    T = 4 + (1 if cfg.class_token else 0)
-    assert {"patch_tokens", "with_posemb", "blocks", "attention", "pre_logits", "logits"} <= set(out)
+    out = {}
+    with minivit.no_grad():
+        logits = model(x, out=out).data
+        plain = model(x).data  # the fused attention kernel, no intermediates
+    N = 4 + (1 if cfg.class_token else 0)
+    assert set(out) == {"patch_tokens", "with_posemb", "blocks", "attention", "encoded", "pre_logits", "logits"}
     assert out["patch_tokens"].shape == (2, 4, 8)
-    assert out["with_posemb"].shape == (2, T, 8)
-    assert [b.shape for b in out["blocks"]] == [(2, T, 8)] * cfg.depth
-    assert [a.shape for a in out["attention"]] == [(2, 2, T, T)] * cfg.depth
+    assert out["with_posemb"].shape == (2, N, 8)
+    assert [b.shape for b in out["blocks"]] == [(2, N, 8)] * cfg.depth
+    assert [a.shape for a in out["attention"]] == [(2, 2, N, N)] * cfg.depth
     assert out["pre_logits"].shape == (2, cfg.representation_size or 8)
-    assert out["logits"].shape == (2, 3)
     for a in out["attention"]:
         assert np.all(a >= 0)
         np.testing.assert_allclose(a.sum(-1), 1.0, rtol=1e-5)
-    np.testing.assert_allclose(out["logits"], model(x).data, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(out["logits"], logits)
+    np.testing.assert_allclose(logits, plain, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out["pre_logits"], model.forward_head(model.forward_features(x), pre_logits=True).data,
                                rtol=1e-5, atol=1e-6)
-    assert all(p.grad is None for p in model.parameters())
+
+
+def test_the_forward_runs_the_patch_embedding_once_even_with_intermediates(monkeypatch):
+    model = _tiny("learn/token").eval()
+    calls = []
+    original = F.patch_embed
+    monkeypatch.setattr(F, "patch_embed", lambda *a: calls.append(1) or original(*a))
+    model(_images(), out={})
+    assert len(calls) == 1
+
+
+def test_intermediates_are_kept_with_gradients_on_and_backward_still_reaches_every_parameter():
+    model = _tiny("learn/token", depth=2)
+    out = {}
+    F.cross_entropy(model(_images(), out=out), np.array([0, 1])).backward()
+    assert len(out["attention"]) == 2 and isinstance(out["attention"][0], np.ndarray)
+    assert all(p.grad is not None for p in model.parameters())
 
 
 def test_intermediate_patch_tokens_are_the_projected_raster_order_patches_and_posemb_is_added():
     model = _tiny("learn/token", dtype=np.float64).eval()
     x = _images(dtype=np.float64)
-    out = model.forward_intermediates(x)
+    out = {}
+    model(x, out=out)
     w, b = model.patch_embed.proj.weight.data, model.patch_embed.proj.bias.data  # (D, C, P, P), (D,)
     for i, j in np.ndindex(2, 2):  # patch (i, j) is token i * gw + j
         patch = x[:, :, 4 * i:4 * i + 4, 4 * j:4 * j + 4]  # (B, C, P, P)
@@ -477,6 +510,15 @@ def test_intermediate_patch_tokens_are_the_projected_raster_order_patches_and_po
         np.testing.assert_allclose(out["patch_tokens"][:, 2 * i + j], expected, rtol=1e-12)
     tokens = np.concatenate([np.broadcast_to(model.cls_token.data, (2, 1, 8)), out["patch_tokens"]], axis=1)
     np.testing.assert_allclose(out["with_posemb"], tokens + model.pos_embed.data, rtol=1e-12)
+
+
+def test_two_models_built_from_one_config_keep_their_own_heads():
+    cfg = minivit.model_config("vit_testing", representation_size=16)
+    a, b = ViT(config=cfg), ViT(config=cfg)
+    a.reset_classifier(3)
+    assert cfg.num_classes == 10 and cfg.representation_size == 16  # the caller's config is untouched
+    assert b.config.num_classes == 10 and b(_images(size=32)).shape == (2, 10)
+    assert a.config.num_classes == 3 and a(_images(size=32)).shape == (2, 3)
 
 
 # ---- (f) classifier reset and the registry --------------------------------------------------

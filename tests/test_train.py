@@ -343,13 +343,29 @@ def test_evaluate_returns_loss_and_accuracy_and_restores_the_training_mode():
     assert evaluate(model, loader) == (loss, acc)  # dropout is off while evaluating
 
 
-def test_kernels_option_selects_the_named_implementation(tmp_path, restore_kernel_choices):
+def test_kernels_option_runs_the_named_implementation_during_fit_and_restores_the_choice_after(
+        tmp_path, restore_kernel_choices, monkeypatch):
     kernels.reset()
-    assert kernels.get("layernorm").name != "reference"
-    trainer = Trainer(tiny_config(tmp_path, kernels="layernorm=reference", max_steps=1, eval_test=False))
-    assert kernels.get("layernorm").name == "reference"
+    default = kernels.get("layernorm").name
+    assert default != "reference"
+    trainer = Trainer(tiny_config(tmp_path, kernels="layernorm=reference", max_steps=2, eval_test=False))
+    seen = []
+    step = Trainer.train_step
+    monkeypatch.setattr(Trainer, "train_step", lambda self, x, y: seen.append(kernels.get("layernorm").name)
+                        or step(self, x, y))
     trainer.fit()
+    assert seen == ["reference", "reference"]
+    assert kernels.get("layernorm").name == default  # the process-wide choice is back
     assert json.loads((tmp_path / "config.json").read_text())["kernels"]["layernorm"] == "reference"
+
+
+def test_reading_mode_runs_every_op_on_its_reference_during_fit(tmp_path, restore_kernel_choices):
+    kernels.reset()
+    trainer = Trainer(tiny_config(tmp_path, kernels="reference", max_steps=1, eval_test=False))
+    trainer.fit()
+    chosen = json.loads((tmp_path / "config.json").read_text())["kernels"]
+    assert set(chosen.values()) == {"reference"} and set(chosen) == set(kernels.OPS)
+    assert kernels.get("attention").name != "reference"
 
 
 def test_an_unknown_kernel_name_raises_value_error_listing_the_choices(tmp_path, restore_kernel_choices):

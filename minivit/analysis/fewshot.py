@@ -65,7 +65,7 @@ def fewshot_linear_eval(train_feats, train_labels, test_feats, test_labels, num_
 
 
 def extract_features(model, images, mean, std, batch_size=256):
-    """Pre-logits representations (N, D) of uint8 images (N, H, W, C), without gradients."""
+    """Pre-logits representations (B, D) of uint8 images (B, H, W, C), without gradients."""
     feats = []
     was_training = model.training
     model.eval()

@@ -9,8 +9,8 @@ Transformer" and Appendix D.7/D.8:
   `class_token_attention_map`, `upsample_map`
 
 Pure NumPy, no plotting (see `minivit.analysis.plots`), float64 inside.
-Shape letters: B batch, C channels, P patch, D width, Hh heads, L layers, T tokens
-(prefix + patches), N = gh*gw patches, K classes.
+Shape letters: B batch, C channels, P patch, D width, Hh heads, L layers, N tokens
+(prefix + patches), Np = gh*gw patches, K classes.
 """
 import numpy as np
 
@@ -57,15 +57,15 @@ def patch_embedding_pcs(weight, k=28):
 def position_embedding_similarity(pos_embed, grid, num_prefix_tokens=1):
     """Cosine similarity of the position embeddings of all patch pairs (Fig. 7 centre, Fig. 10).
 
-    pos_embed (1, T, D) or (T, D) with T = num_prefix_tokens + gh*gw; the prefix (class token)
+    pos_embed (1, N, D) or (N, D) with N = num_prefix_tokens + gh*gw; the prefix (class token)
     rows are dropped. Returns sim (gh, gw, gh, gw): sim[i, j] is the (gh, gw) map of how similar
     patch (i, j)'s embedding is to every patch's.
     """
     gh, gw = _grid(grid)
     E = np.asarray(pos_embed, dtype=np.float64)
     if E.ndim == 3:
-        E = E[0]                                                # (T, D)
-    E = E[num_prefix_tokens:]                                   # (N, D)
+        E = E[0]                                                # (N, D)
+    E = E[num_prefix_tokens:]                                   # (Np, D)
     if E.shape[0] != gh * gw:
         raise ValueError(f"pos_embed has {E.shape[0]} patch rows after dropping "
                          f"{num_prefix_tokens} prefix rows, grid {gh}x{gw} needs {gh * gw}")
@@ -77,24 +77,24 @@ def position_embedding_similarity(pos_embed, grid, num_prefix_tokens=1):
 # Fig. 7 right / Fig. 11: mean attention distance
 # ---------------------------------------------------------------------------------------------
 def patch_distances(grid, patch_size):
-    """(N, N) Euclidean distance in pixels between patch centres, patches in row-major order."""
+    """(Np, Np) Euclidean distance in pixels between patch centres, patches in row-major order."""
     gh, gw = _grid(grid)
-    rows, cols = np.divmod(np.arange(gh * gw), gw)              # (N,), (N,)
+    rows, cols = np.divmod(np.arange(gh * gw), gw)              # (Np,), (Np,)
     dr = rows[:, None] - rows[None, :]
     dc = cols[:, None] - cols[None, :]
-    return float(patch_size) * np.sqrt(dr ** 2 + dc ** 2)       # (N, N)
+    return float(patch_size) * np.sqrt(dr ** 2 + dc ** 2)       # (Np, Np)
 
 
 def _layer_attention_distance(attn, dist, num_prefix_tokens):
-    a = np.asarray(attn, dtype=np.float64)                      # (B, Hh, T, T)
+    a = np.asarray(attn, dtype=np.float64)                      # (B, Hh, N, N)
     if a.ndim != 4:
-        raise ValueError(f"attention must be (B, Hh, T, T), got shape {a.shape}")
+        raise ValueError(f"attention must be (B, Hh, N, N), got shape {a.shape}")
     p = num_prefix_tokens
-    a = a[:, :, p:, p:]                                         # (B, Hh, N, N) patch->patch
+    a = a[:, :, p:, p:]                                         # (B, Hh, Np, Np) patch->patch
     if a.shape[-1] != dist.shape[0]:
         raise ValueError(f"attention has {a.shape[-1]} patch tokens, grid has {dist.shape[0]}")
     a = _safe_div(a, a.sum(axis=-1, keepdims=True))             # renormalise without the prefix
-    per_query = np.einsum("bhqk,qk->bhq", a, dist)              # (B, Hh, N)
+    per_query = np.einsum("bhqk,qk->bhq", a, dist)              # (B, Hh, Np)
     return per_query.mean(axis=(0, 2))                          # (Hh,)
 
 
@@ -105,9 +105,9 @@ def mean_attention_distance(attn, grid, patch_size, num_prefix_tokens=1):
     images. Prefix tokens are dropped as queries and keys and each query's patch weights are
     renormalised to sum to 1 (the class token has no position in the image). This is the
     patch-level version of the paper's pixel-level "attention distance" (a CNN's receptive field).
-    attn: one layer (B, Hh, T, T) -> (Hh,), or a list / (L, B, Hh, T, T) stack -> (L, Hh).
+    attn: one layer (B, Hh, N, N) -> (Hh,), or a list / (L, B, Hh, N, N) stack -> (L, Hh).
     """
-    dist = patch_distances(grid, patch_size)                    # (N, N)
+    dist = patch_distances(grid, patch_size)                    # (Np, Np)
     if isinstance(attn, (list, tuple)) or np.ndim(attn) == 5:
         return np.stack([_layer_attention_distance(a, dist, num_prefix_tokens) for a in attn])
     return _layer_attention_distance(attn, dist, num_prefix_tokens)
@@ -122,23 +122,23 @@ _FUSIONS = {"mean": np.mean, "max": np.max, "min": np.min}
 def attention_rollout(attns, head_fusion="mean", add_residual=True):
     """Attention rollout (Abnar & Zuidema 2020), as used in the paper's Appendix D.8.
 
-    Per layer l: fuse heads, A_l = fuse_h(attn_l) (B, T, T); model the residual connection as
+    Per layer l: fuse heads, A_l = fuse_h(attn_l) (B, N, N); model the residual connection as
     A_l <- 0.5 * A_l + 0.5 * I; renormalise rows. Then rollout = A_L @ ... @ A_2 @ A_1, so
     rollout[b, i, j] is how much output token i draws on input token j.
-    attns: list of L arrays (B, Hh, T, T) or an (L, B, Hh, T, T) stack. Returns (B, T, T).
+    attns: list of L arrays (B, Hh, N, N) or an (L, B, Hh, N, N) stack. Returns (B, N, N).
     """
     if head_fusion not in _FUSIONS:
         raise ValueError(f"head_fusion must be one of {sorted(_FUSIONS)}, got {head_fusion!r}")
     rollout = None
     for attn in attns:
-        a = np.asarray(attn, dtype=np.float64)                  # (B, Hh, T, T)
+        a = np.asarray(attn, dtype=np.float64)                  # (B, Hh, N, N)
         if a.ndim != 4:
-            raise ValueError(f"each layer's attention must be (B, Hh, T, T), got {a.shape}")
-        A = _FUSIONS[head_fusion](a, axis=1)                    # (B, T, T)
+            raise ValueError(f"each layer's attention must be (B, Hh, N, N), got {a.shape}")
+        A = _FUSIONS[head_fusion](a, axis=1)                    # (B, N, N)
         if add_residual:
             A = 0.5 * A + 0.5 * np.eye(A.shape[-1])
         A = _safe_div(A, A.sum(axis=-1, keepdims=True))
-        rollout = A if rollout is None else A @ rollout         # (B, T, T)
+        rollout = A if rollout is None else A @ rollout         # (B, N, N)
     if rollout is None:
         raise ValueError("attention_rollout needs at least one layer")
     return rollout
@@ -152,9 +152,9 @@ def class_token_attention_map(rollout, grid, num_prefix_tokens=1):
     all patch outputs, so the map is the mean of the rollout rows over all query patches.
     """
     gh, gw = _grid(grid)
-    r = np.asarray(rollout, dtype=np.float64)                   # (B, T, T)
+    r = np.asarray(rollout, dtype=np.float64)                   # (B, N, N)
     p = num_prefix_tokens
-    m = r[:, 0, p:] if p > 0 else r[:, p:, p:].mean(axis=1)     # (B, N)
+    m = r[:, 0, p:] if p > 0 else r[:, p:, p:].mean(axis=1)     # (B, Np)
     if m.shape[-1] != gh * gw:
         raise ValueError(f"rollout has {m.shape[-1]} patch columns, grid {gh}x{gw} needs {gh * gw}")
     m = _safe_div(m, m.max(axis=1, keepdims=True))

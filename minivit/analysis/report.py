@@ -6,13 +6,18 @@ attention distance (Fig. 7 right, Fig. 11) and attention-rollout maps (Fig. 6, F
 
 Uses only this model API: `model.config.{img_size, patch_size, in_chans, class_token,
 global_pool}`, `model.num_prefix_tokens`, `model.grid_size`, `model.state_dict()` (NumPy arrays,
-timm names) and `model.forward_intermediates(x)` -> {"attention": L x (B, Hh, T, T), "logits"}.
+timm names), `model.position_embedding()` ((N, D) or None) and the one forward pass,
+`model(x, out=d)`, which fills d["attention"] (L arrays (B, Hh, N, N)) and d["logits"].
+
+Shape letters: B images, C channels, H/W image size, P patch, N tokens (prefix + Np patches),
+D width, Hh heads, L blocks.
 """
 import json
 import os
 
 import numpy as np
 
+from ..autograd import no_grad
 from . import measures as analysis
 from . import plots
 
@@ -26,7 +31,7 @@ def _similarity_by_distance(sim):
     step apart vs. further apart (locality), and, among pairs at least two steps apart, of those in
     the same row, the same column, and neither (the paper's row/column structure)."""
     gh, gw = sim.shape[:2]
-    dist = analysis.patch_distances((gh, gw), 1.0)              # (N, N) in grid steps
+    dist = analysis.patch_distances((gh, gw), 1.0)              # (Np, Np) in grid steps
     s = sim.reshape(gh * gw, gh * gw)
     r, c = np.divmod(np.arange(gh * gw), gw)
     same_row, same_col = r[:, None] == r[None], c[:, None] == c[None]
@@ -48,15 +53,17 @@ def _attention_pass(model, x, num_images, distance_images, batch_size, grid, pat
     dist_sum, maps, preds = None, [], []
     for start in range(0, n_total, batch_size):
         xb = np.asarray(x[start:start + batch_size], dtype=np.float32)     # (b, C, H, W)
-        out = model.forward_intermediates(xb)
-        attns = [np.asarray(a) for a in out["attention"]]                 # L x (b, Hh, T, T)
+        out = {}
+        with no_grad():
+            model(xb, out=out)
+        attns = [np.asarray(a) for a in out["attention"]]                 # L x (b, Hh, N, N)
         n_d = max(0, min(len(xb), n_dist - start))
         if n_d:
             d = analysis.mean_attention_distance([a[:n_d] for a in attns], grid, patch, prefix)
             dist_sum = d * n_d if dist_sum is None else dist_sum + d * n_d   # (L, Hh)
         n_m = max(0, min(len(xb), num_images - start))
         if n_m:
-            roll = analysis.attention_rollout([a[:n_m] for a in attns])       # (n_m, T, T)
+            roll = analysis.attention_rollout([a[:n_m] for a in attns])       # (n_m, N, N)
             maps.append(analysis.class_token_attention_map(roll, grid, prefix))
             preds.extend(np.argmax(np.asarray(out["logits"])[:n_m], axis=-1).tolist())
     dist = dist_sum / n_dist if dist_sum is not None else np.zeros((0, 0))
@@ -98,13 +105,11 @@ def analyze(model, images, out_dir, num_images=8, distance_images=256, batch_siz
                                    "explained_variance_ratio": ratio.tolist(),
                                    "cumulative": np.cumsum(ratio).tolist()}
 
-    # Fig. 7 centre: position-embedding similarity. pos_embed may or may not hold prefix rows
-    # (timm's no_embed_class), so the prefix count is read off its length.
-    # Prefer the model's own input embedding (2D-learned and sin-cos ones are not "pos_embed").
-    pos = model.position_embedding() if hasattr(model, "position_embedding") else sd.get("pos_embed")
-    pos = getattr(pos, "data", pos)
+    # Fig. 7 centre: position-embedding similarity of the model's absolute embedding (learned,
+    # 2D-learned or sin-cos). It may or may not hold prefix rows, so their count is read off its length.
+    pos = model.position_embedding()
     if pos is not None:
-        pe = np.asarray(pos).reshape(-1, np.shape(pos)[-1])   # (T, D)
+        pe = np.asarray(pos).reshape(-1, np.shape(pos)[-1])   # (N, D)
         sim = analysis.position_embedding_similarity(pe, grid, pe.shape[0] - grid[0] * grid[1])
         paths["position_similarity"] = plots.plot_position_similarity(
             sim, os.path.join(out_dir, "position_similarity.png"))

@@ -12,22 +12,25 @@ from .checkpoint import CheckpointError, load_checkpoint
 
 
 def resize_pos_embed(pos_embed, old_grid, new_grid, num_prefix_tokens):
-    """(1, prefix + gh*gw, D) -> (1, prefix + gh'*gw', D) by bilinear interpolation of the grid part."""
+    """(L, prefix + gh*gw, D) -> (L, prefix + gh'*gw', D) by bilinear interpolation of the grid part
+    (L = 1, or one embedding per block); the prefix (class token) rows are kept."""
     if tuple(old_grid) == tuple(new_grid):
         return pos_embed
-    prefix, grid = pos_embed[0, :num_prefix_tokens], pos_embed[0, num_prefix_tokens:]
-    resized = posemb.interpolate_grid(grid, old_grid, new_grid)
-    return np.concatenate([prefix, resized], axis=0)[None]
+    return np.stack([np.concatenate([layer[:num_prefix_tokens],
+                                     posemb.interpolate_grid(layer[num_prefix_tokens:], old_grid, new_grid)])
+                     for layer in pos_embed])
 
 
 def resize_relative_bias(table, old_grid, new_grid, num_prefix_tokens):
-    """(Hh, (2gh-1)(2gw-1) [+3]) -> the same for new_grid: the offset table is a small 2D grid
-    per head, interpolated like an image; the three class-token entries are kept."""
+    """(L, Hh, (2gh-1)(2gw-1) [+3]) -> the same for new_grid: each head's offset table is a small
+    2D grid, interpolated like an image; the three class-token entries are kept."""
     (oh, ow), (nh, nw) = old_grid, new_grid
     n_old = (2 * oh - 1) * (2 * ow - 1)
-    grid = table[:, :n_old].T  # (offsets, Hh)
+    L, Hh, _ = table.shape
+    grid = table[:, :, :n_old].reshape(L * Hh, n_old).T  # (offsets, L*Hh)
     resized = posemb.interpolate_grid(grid, (2 * oh - 1, 2 * ow - 1), (2 * nh - 1, 2 * nw - 1)).T
-    return np.concatenate([resized, table[:, n_old:]], axis=1) if num_prefix_tokens else resized
+    resized = resized.reshape(L, Hh, -1)
+    return np.concatenate([resized, table[:, :, n_old:]], axis=2) if num_prefix_tokens else resized
 
 
 def adapt_state_dict(state, saved_config, model):
@@ -41,7 +44,7 @@ def adapt_state_dict(state, saved_config, model):
             del state[key]
             notes.append(f"dropped {key} (new head or no pre-logits layer)")
     old_grid = (saved_config["img_size"] // saved_config["patch_size"],) * 2
-    for key in [k for k in state if k == "pos_embed" or k.endswith(".pos_embed")]:
+    for key in [k for k in state if k == "pos_embed"]:
         if key in own and state[key].shape != own[key].shape:
             if saved_config["patch_size"] != cfg.patch_size:
                 raise CheckpointError(f"cannot fine-tune across patch sizes ({saved_config['patch_size']} -> "
@@ -55,7 +58,7 @@ def adapt_state_dict(state, saved_config, model):
         old_n, new_n = old_grid[axis], new_grid[axis]
         state[key] = posemb.interpolate_grid(state[key][0], (old_n, 1), (new_n, 1))[None]
         notes.append(f"interpolated {key} from {old_n} to {new_n} positions")
-    for key in [k for k in state if k.endswith("rel_pos_bias") and k in own and state[k].shape != own[k].shape]:
+    for key in [k for k in state if k == "rel_pos_bias" and k in own and state[k].shape != own[k].shape]:
         state[key] = resize_relative_bias(state[key], old_grid, new_grid, model.num_prefix_tokens)
         notes.append(f"interpolated {key} over the relative offsets of the new grid")
     for key in [k for k in own if k.startswith("head.") or k.startswith("pre_logits.")]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ class TrainConfig:
     dataset: str = "cifar10"
     data_dir: str | None = None
     num_samples: int | None = None  # a subset of the training set (procedural: how many to generate)
-    val_size: float = 5000  # images carved from train for validation (count, or fraction < 1); 0 for none
+    val_size: float = 5000  # images carved from train for validation: a count (>= 1), a fraction (< 1), or 0
     epochs: int = 10
     batch_size: int = 128
     optimizer: str = "adamw"  # adamw | adam | sgd
@@ -53,7 +54,7 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     out_dir: str = "runs/run"
-    kernels: str = ""  # e.g. "attention=cpu_v1,layernorm=reference"
+    kernels: str = ""  # e.g. "attention=cpu_v1,layernorm=reference", or "reference" for every op
     log_every: int = 20
     eval_test: bool = True  # report test accuracy at the end of every epoch
     save_every: int = 0  # also checkpoint every this many steps (0: at epoch ends only)
@@ -61,9 +62,49 @@ class TrainConfig:
     init_from: str | None = None  # start from these weights (fine-tuning); see finetune.py
     progress: bool = True
 
+    def __post_init__(self):
+        integers = {"epochs": 1, "batch_size": 1, "log_every": 1, "save_every": 0, "seed": 0}
+        for name, low in integers.items():
+            _check(name, getattr(self, name), integer=True, low=low)
+        for name in ("num_samples", "max_steps"):
+            if getattr(self, name) is not None:
+                _check(name, getattr(self, name), integer=True, low=1)
+        for name in ("lr", "min_lr", "weight_decay", "warmup_epochs", "val_size"):
+            _check(name, getattr(self, name), low=0)
+        _check("momentum", self.momentum, low=0, high=1)
+        _check("label_smoothing", self.label_smoothing, low=0, high=1, high_closed=True)
+        if self.grad_clip is not None:
+            _check("grad_clip", self.grad_clip, low=0, low_open=True)
+        if self.val_size >= 1:  # a count: 5000 and 5000.0 both mean 5000 images
+            if self.val_size != int(self.val_size):
+                raise ValueError(f"val_size is a count of images (>= 1) or a fraction (< 1), got {self.val_size}")
+            self.val_size = int(self.val_size)
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in optim.SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(optim.SCHEDULES)}, got {self.schedule!r}")
+        if not isinstance(self.model_kwargs, dict):
+            raise TypeError(f"model_kwargs must be a dict of ViT options, got {self.model_kwargs!r}")
+
     @classmethod
     def from_dict(cls, d):
         return config_from_dict(cls, d, "training")
+
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+
+
+def _check(name, value, integer=False, low=None, high=None, low_open=False, high_closed=False):
+    """A TypeError or ValueError naming the option, what it must be, and what it got."""
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value):
+        raise TypeError(f"{name} must be {'an integer' if integer else 'a finite number'}, got {value!r}")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value > high if high_closed else value >= high)
+    if too_low or too_high:
+        lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
+        hi = "" if high is None else f"{'<=' if high_closed else '<'} {high}"
+        raise ValueError(f"{name} must be {' and '.join(filter(None, (lo, hi)))}, got {value!r}")
 
 
 def param_groups(model, weight_decay):
@@ -105,16 +146,49 @@ def evaluate(model, loader, label_smoothing=0.0):
     return total_loss / max(count, 1), correct / max(count, 1)
 
 
+@dataclass
+class EpochStats:
+    """Running totals of the epoch in progress; a checkpoint saves them, so that an epoch resumed
+    half-way reports the same mean loss and accuracy as one run through."""
+
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+
+    def add(self, loss, correct, n, seconds):
+        self.loss_sum, self.correct, self.seen = self.loss_sum + loss * n, self.correct + correct, self.seen + n
+        self.seconds = seconds
+
+    @property
+    def loss(self):
+        return self.loss_sum / max(self.seen, 1)
+
+    @property
+    def accuracy(self):
+        return self.correct / max(self.seen, 1)
+
+    @property
+    def images_per_s(self):
+        return self.seen / self.seconds if self.seconds > 0 else 0.0
+
+    def to_list(self):
+        return [self.loss_sum, self.correct, self.seen, self.seconds]
+
+
 class Trainer:
-    """Builds data, model and optimizer from a TrainConfig and runs (or resumes) training."""
+    """Builds data, model, optimizer and learning-rate schedule from a TrainConfig and runs (or
+    resumes) training. `fit()` is the loop: each step (`train_step`) is followed by the
+    bookkeeping of `_after_step` (statistics, progress bar, log, periodic checkpoint, Ctrl-C,
+    max_steps); each epoch ends with evaluation and a checkpoint (`_end_of_epoch`)."""
 
     def __init__(self, cfg: TrainConfig, resume=False):
         self._created = time.perf_counter()
         self.time_to_first_step = None  # seconds from construction to the end of the first step
         self.cfg = cfg
         self.out = Path(cfg.out_dir)
-        if cfg.kernels:
-            kernels.use(**kernels.parse_spec(cfg.kernels))
+        # Checked now, applied only while fit() runs: the process-wide choice is restored after.
+        self.kernel_choices = kernels.validate(cfg.kernels)  # {op: name}
         self._build_data()
         rng.manual_seed(cfg.seed)
         kw = {"num_classes": self.train_set.num_classes, "in_chans": self.train_set.images.shape[-1],
@@ -125,10 +199,11 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise ValueError(f"batch size {cfg.batch_size} is larger than the training set "
                              f"({len(self.train_set)} images); lower --batch-size")
-        self.total_steps = cfg.epochs * self.steps_per_epoch
-        self.warmup_steps = int(round(cfg.warmup_epochs * self.steps_per_epoch))
+        total_steps = cfg.epochs * self.steps_per_epoch
+        warmup_steps = int(round(cfg.warmup_epochs * self.steps_per_epoch))
+        self.schedule = optim.WarmupSchedule(self.optimizer, total_steps, warmup_steps, cfg.schedule, cfg.min_lr)
         self.step, self.epoch, self.batch = 0, 0, 0  # position of the next step
-        self._running = (0.0, 0, 0, 0.0)  # this epoch so far: loss sum, correct, seen, seconds
+        self.stats = EpochStats()  # the epoch in progress
         self.best_val = -1.0
         if resume:
             self._resume()
@@ -167,7 +242,8 @@ class Trainer:
         self.optimizer.load_state_dict(optimizer_state(ckpt))
         pos = ckpt["meta"]["position"]
         self.step, self.epoch, self.batch = pos["step"], pos["epoch"], pos["batch"]
-        self._running = tuple(ckpt["meta"].get("epoch_running", (0.0, 0, 0, 0.0)))
+        self.schedule.set_step(self.step)
+        self.stats = EpochStats(*ckpt["meta"].get("epoch_running", ()))
         self.best_val = ckpt["meta"].get("best_val", -1.0)
         rng.set_rng_state(ckpt["meta"]["rng_state"])
         metrics = self.out / "metrics.jsonl"
@@ -176,20 +252,16 @@ class Trainer:
                     if line and json.loads(line).get("step", 0) <= self.step]
             metrics.write_text("".join(line + "\n" for line in kept))
 
-    # ---- the loop ----------------------------------------------------------------------------
+    # ---- one step ------------------------------------------------------------------------------
     def train_step(self, x, y):
-        """One optimisation step; returns (loss, number correct)."""
+        """One optimisation step at the schedule's learning rate; returns (loss, number correct)."""
         cfg = self.cfg
-        lr_scale = optim.lr_at(self.step, 1.0, self.total_steps, self.warmup_steps, cfg.schedule,
-                               cfg.min_lr / cfg.lr if cfg.lr else 0.0)
-        for group in self.optimizer.param_groups:
-            group["lr"] = cfg.lr * lr_scale
         logits = self.model(x)
         loss = F.cross_entropy(logits, y, cfg.label_smoothing)
         value = float(loss.item())
         if not math.isfinite(value):
             raise FloatingPointError(
-                f"loss is {value} at step {self.step} (epoch {self.epoch}, lr {cfg.lr * lr_scale:.3g}); "
+                f"loss is {value} at step {self.step} (epoch {self.epoch}, lr {self.schedule.get_last_lr()[0]:.3g}); "
                 "training diverged: lower --lr, raise --warmup-epochs or set --grad-clip."
                 + (f" The last good checkpoint is {self.out / 'checkpoint.npz'}"
                    if (self.out / "checkpoint.npz").exists() else ""))
@@ -198,72 +270,71 @@ class Trainer:
             optim.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad()
+        self.schedule.step()
         return value, int((logits.numpy().argmax(axis=1) == y).sum())
 
+    # ---- the loop ------------------------------------------------------------------------------
     def fit(self):
         """Train to the end (or to max_steps). Returns the final metrics dict."""
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.json").write_text(json.dumps(
-            {"train": asdict(cfg), "model": self.model.config.to_dict(), "params": self.model.num_parameters(),
-             "kernels": kernels.selection()}, indent=2))
-        self.model.train()
         final = {}
-        with _interrupt_flag() as self._interrupted:
+        with kernels.use(**self.kernel_choices), _interrupt_flag() as self._interrupted:
+            (self.out / "config.json").write_text(json.dumps(
+                {"train": asdict(cfg), "model": self.model.config.to_dict(), "params": self.model.num_parameters(),
+                 "kernels": kernels.selection()}, indent=2))
+            self.model.train()
             while self.epoch < cfg.epochs:
-                if self._run_epoch():
+                if self._stop_requested() or self._run_epoch():
                     return {"stopped_at_step": self.step}
                 final = self._end_of_epoch()
         return final
 
     def _run_epoch(self):
         """Steps from the current position to the end of the epoch; True if max_steps stopped it."""
-        cfg = self.cfg
-        if cfg.max_steps is not None and self.step >= cfg.max_steps:
-            return True
-        bar = _progress(self.steps_per_epoch, self.batch, f"epoch {self.epoch + 1}/{cfg.epochs}", cfg.progress)
-        loss_sum, correct, seen, elapsed = self._running
-        t0 = time.perf_counter() - elapsed
-        rate = 0.0
-        for x, y in self.train_loader.epoch(self.epoch, start=self.batch):
-            loss, hits = self.train_step(x, y)
-            if self.time_to_first_step is None:  # data, model and kernel compilation included
-                self.time_to_first_step = time.perf_counter() - self._created
-            self.step += 1
-            self.batch += 1
-            loss_sum, correct, seen = loss_sum + loss * len(y), correct + hits, seen + len(y)
-            self._running = (loss_sum, correct, seen, time.perf_counter() - t0)
-            rate = seen / self._running[3]
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}", acc=f"{correct / seen:.3f}", img_s=f"{rate:.0f}")
-            if self.step % cfg.log_every == 0:
-                self._log({"step": self.step, "epoch": self.epoch + self.batch / self.steps_per_epoch,
-                           "train_loss": loss_sum / seen, "train_acc": correct / seen,
-                           "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": rate})
-            if cfg.save_every and self.step % cfg.save_every == 0:
-                self.save()
-            if self._interrupted():
-                bar is not None and bar.close()
-                path = self.save()
-                print(f"\ninterrupted: saved {path} at step {self.step}; continue with: "
-                      f"minivit train ... --resume --out {self.out}")
-                raise KeyboardInterrupt
-            if cfg.max_steps is not None and self.step >= cfg.max_steps:
-                if bar is not None:
-                    bar.close()
-                self.save()
-                return True
-        if bar is not None:
-            bar.close()
-        self._epoch_train = (loss_sum / max(seen, 1), correct / max(seen, 1), rate)
-        self.epoch, self.batch, self._running = self.epoch + 1, 0, (0.0, 0, 0, 0.0)
+        bar = _Progress(self.steps_per_epoch, self.batch, f"epoch {self.epoch + 1}/{self.cfg.epochs}",
+                        self.cfg.progress)
+        t0 = time.perf_counter() - self.stats.seconds
+        with bar:
+            for x, y in self.train_loader.epoch(self.epoch, start=self.batch):
+                loss, hits = self.train_step(x, y)
+                self.stats.add(loss, hits, len(y), time.perf_counter() - t0)
+                if self._after_step(loss, bar):
+                    return True
+        self.epoch, self.batch = self.epoch + 1, 0
         return False
 
+    def _after_step(self, loss, bar):
+        """Bookkeeping after each step; True when training must stop here (saved first)."""
+        if self.time_to_first_step is None:  # data, model and kernel compilation included
+            self.time_to_first_step = time.perf_counter() - self._created
+        self.step, self.batch = self.step + 1, self.batch + 1
+        stats, cfg = self.stats, self.cfg
+        bar.update(loss=f"{loss:.3f}", acc=f"{stats.accuracy:.3f}", img_s=f"{stats.images_per_s:.0f}")
+        if self.step % cfg.log_every == 0:
+            self._log({"step": self.step, "epoch": self.epoch + self.batch / self.steps_per_epoch,
+                       "train_loss": stats.loss, "train_acc": stats.accuracy,
+                       "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": stats.images_per_s})
+        if cfg.save_every and self.step % cfg.save_every == 0:
+            self.save()
+        if self._interrupted():
+            bar.close()
+            path = self.save()
+            print(f"\ninterrupted: saved {path} at step {self.step}; continue with: "
+                  f"minivit train ... --resume --out {self.out}")
+            raise KeyboardInterrupt
+        if self._stop_requested():
+            self.save()
+            return True
+        return False
+
+    def _stop_requested(self):
+        return self.cfg.max_steps is not None and self.step >= self.cfg.max_steps
+
     def _end_of_epoch(self):
-        train_loss, train_acc, rate = self._epoch_train
-        record = {"epoch": self.epoch, "step": self.step, "train_loss": train_loss, "train_acc": train_acc,
-                  "images_per_s": rate}
+        record = {"epoch": self.epoch, "step": self.step, "train_loss": self.stats.loss,
+                  "train_acc": self.stats.accuracy, "images_per_s": self.stats.images_per_s}
+        self.stats = EpochStats()
         if self.val_loader is not None:
             record["val_loss"], record["val_acc"] = evaluate(self.model, self.val_loader)
         if self.test_loader is not None:
@@ -285,7 +356,7 @@ class Trainer:
     def save(self, path=None):
         meta = {
             "position": {"step": self.step, "epoch": self.epoch, "batch": self.batch},
-            "epoch_running": list(self._running),
+            "epoch_running": self.stats.to_list(),
             "rng_state": rng.get_rng_state(),
             "train_config": asdict(self.cfg),
             "classes": list(self.train_set.classes),
@@ -339,9 +410,29 @@ class _interrupt_flag:
         return False
 
 
-def _progress(total, initial, desc, enabled):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
+class _Progress:
+    """A tqdm bar over an epoch's steps, or nothing when progress is off."""
 
-    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
+    def __init__(self, total, initial, desc, enabled):
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
+
+    def update(self, **postfix):
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(**postfix)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
