@@ -5,6 +5,10 @@
     logits = model(images)                     # images: float32 (B, C, H, W)
     loss = minivit.functional.cross_entropy(logits, labels)
     loss.backward()
+
+Read in this order: autograd.py (Tensor, Function, backward), functional.py (the fused ops),
+nn.py (Module, Linear, LayerNorm), vit.py (the model, Eq. 1-4) with posemb.py and variants.py,
+optim.py (AdamW). Grouped below: data/, train/, analysis/; interop.py and cli.py at the edge.
 """
 import kernels  # noqa: F401  (first: it sets OpenBLAS's thread timeout before NumPy loads OpenBLAS)
 

@@ -59,16 +59,12 @@ scanned blocks; the *_gap_* models' fc_norm=False).
 """
 from __future__ import annotations
 
-import os
 import re
-import tempfile
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 
-from . import posemb
+from . import npz, posemb
 from .vit import ViT, ViTConfig
 
 LAYOUTS = ("vit_jax", "big_vision")
@@ -98,26 +94,7 @@ class InteropError(ValueError):
 # ---- reading ------------------------------------------------------------------------------------
 def read_npz(path) -> dict:
     """{name: array} of an .npz archive, never unpickling; InteropError for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise InteropError(f"{path} does not exist or is not a file")
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise InteropError(f"{path} is not a readable .npz archive ({type(e).__name__}: {e})") from e
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise InteropError(f"{path} holds a single array (a .npy file), not an .npz archive of named parameters")
-    arrays = {}
-    with archive:
-        for name in archive.files:
-            try:
-                arrays[name] = archive[name]
-            except ValueError as e:  # object arrays: refused rather than unpickled
-                raise InteropError(f"{path}: entry {name!r} cannot be read without unpickling ({e})") from e
-            except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
-                raise InteropError(f"{path} is corrupt or truncated at entry {name!r} "
-                                   f"({type(e).__name__}: {e})") from e
-    return arrays
+    return npz.read(path, InteropError, "checkpoint")
 
 
 def _strip_prefix(arrays):
@@ -405,25 +382,8 @@ def to_official_arrays(model, layout="vit_jax") -> dict:
 
 
 def save_vit_jax(model, path, layout="vit_jax") -> Path:
-    """Write `model` as an official checkpoint (.npz) in `layout`, atomically (temp file + rename)."""
-    arrays = to_official_arrays(model, layout)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; a checkpoint is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write `model` as an official checkpoint (.npz) in `layout`, atomically (minivit.npz.write)."""
+    return npz.write(path, to_official_arrays(model, layout))
 
 
 # ---- minivit checkpoint <-> official checkpoint -------------------------------------------------

@@ -68,6 +68,18 @@ def create(cfg, grid, num_prefix_tokens, dtype):
     return PositionEmbedding()
 
 
+def num_parameters(cfg, grid, num_prefix_tokens):
+    """How many learned numbers `create(cfg, ...)` makes, without making them."""
+    N, D, (gh, gw) = num_prefix_tokens + grid[0] * grid[1], cfg.embed_dim, grid
+    if cfg.pos_embed == "learn":
+        return (cfg.depth if cfg.pos_embed_at == "every_block" else 1) * N * D
+    if cfg.pos_embed == "learn_2d":
+        return (gh + gw) * (D // 2) + (D if num_prefix_tokens else 0)
+    if cfg.pos_embed == "relative":
+        return cfg.depth * cfg.num_heads * relative_table_size(grid, num_prefix_tokens)
+    return 0
+
+
 class PositionEmbedding:
     """The interface, and the "none" kind: adds nothing, biases nothing."""
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+import os
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -95,6 +96,20 @@ class ViTConfig:
     def grid_size(self):
         return (self.img_size // self.patch_size,) * 2
 
+    def num_parameters(self) -> int:
+        """The number of learned numbers of a ViT with this config, counted from the shapes
+        without building it (the paper's Table 1 counts: ViT-B/16 86M, L/16 307M, H/14 632M)."""
+        D, C, P, K = self.embed_dim, self.in_chans, self.patch_size, self.num_classes
+        M, R = int(D * self.mlp_ratio), self.representation_size or 0
+        prefix = 1 if self.class_token else 0
+        block = (2 * 2 * D  # norm1, norm2
+                 + 3 * D * D + (3 * D if self.qkv_bias else 0) + D * D + D  # qkv, proj
+                 + D * M + M + M * D + D)  # fc1, fc2
+        head = (D * R + R if R else 0) + ((R or D) * K + K if K > 0 else 0)
+        return (D * C * P * P + D + prefix * D  # patch projection, class token
+                + posemb.num_parameters(self, self.grid_size, prefix)
+                + self.depth * block + 2 * D + head)  # blocks, final norm (or fc_norm), head
+
     def to_dict(self):
         return asdict(self)
 
@@ -109,6 +124,25 @@ def _check_number(name, value, integer=False, low=None, low_open=False):
         raise TypeError(f"{name} must be {'an integer' if integer else 'a finite number'}, got {value!r}")
     if low is not None and (value <= low if low_open else value < low):
         raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
+
+
+def physical_memory() -> int | None:
+    """Bytes of RAM in this machine, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # not POSIX: no check
+        return None
+
+
+def _check_fits_in_memory(cfg, dtype):
+    """MemoryError, at once, for a config whose weights alone exceed this machine's memory
+    (depth=10**9 would otherwise build blocks for minutes before failing)."""
+    need, ram = cfg.num_parameters() * dtype.itemsize, physical_memory()
+    if ram and need > ram:
+        raise MemoryError(f"a ViT with depth={cfg.depth}, embed_dim={cfg.embed_dim}, img_size={cfg.img_size} and "
+                          f"patch_size={cfg.patch_size} has {cfg.num_parameters():,} parameters: "
+                          f"{need / 2**30:,.1f} GiB of {dtype.name} weights, more than this machine's "
+                          f"{ram / 2**30:,.1f} GiB")
 
 
 def _keep(out, name, x):
@@ -225,6 +259,7 @@ class ViT(nn.Module):
         # A copy: reset_classifier changes the model's config, never the caller's.
         cfg = dataclasses.replace(config) if config is not None else ViTConfig.from_dict(kwargs)
         self.config, self.dtype = cfg, np.dtype(dtype)
+        _check_fits_in_memory(cfg, self.dtype)
         D = cfg.embed_dim
         self.grid_size = cfg.grid_size  # (gh, gw)
         self.num_prefix_tokens = 1 if cfg.class_token else 0

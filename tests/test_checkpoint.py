@@ -164,6 +164,50 @@ def test_model_from_checkpoint_rebuilds_the_same_config_and_logits(tmp_path, ove
     assert np.array_equal(rebuilt(x).numpy(), logits)
 
 
+def _variants():
+    import itertools
+
+    from minivit import posemb
+
+    for kind, where, cls, rep, K in itertools.product(posemb.KINDS, posemb.WHERE, [True, False], [None, 8], [3, 0]):
+        if where != "input" and kind != "learn":
+            continue
+        yield pytest.param(dict(pos_embed=kind, pos_embed_at=where, class_token=cls, representation_size=rep,
+                                num_classes=K, global_pool="token" if cls else "avg"),
+                           id=f"{kind}-{where}-{'cls' if cls else 'gap'}-rep{rep}-K{K}")
+
+
+@pytest.mark.parametrize("variant", list(_variants()))
+def test_the_size_check_accepts_every_model_variant_and_names_its_exact_shapes(tmp_path, variant):
+    """model_from_checkpoint compares the config with the weights before building: that check
+    must know every variant's shapes, or it would refuse genuine checkpoints."""
+    from minivit.train.checkpoint import size_shapes
+
+    model = small_vit(depth=2, **variant)
+    state = model.state_dict()
+    for key, shape in size_shapes(model.config).items():
+        assert tuple(state[key].shape) == shape, key
+    rebuilt, _ = model_from_checkpoint(save_checkpoint(tmp_path / "ck.npz", model))
+    assert rebuilt.config == model.config
+
+
+def test_resume_state_returns_the_training_position_and_refuses_a_checkpoint_without_one(tmp_path):
+    from minivit.train.checkpoint import resume_state
+
+    meta = dict(position={"step": 7, "epoch": 1, "batch": 3}, epoch_running=[1.5, 2, 3, 0.25], best_val=0.5,
+                rng_state=mrandom.get_rng_state())
+    state = resume_state(load_checkpoint(save_checkpoint(tmp_path / "full.npz", small_vit(), **meta)))
+    assert (state["step"], state["epoch"], state["batch"]) == (7, 1, 3)
+    assert state["epoch_running"] == (1.5, 2, 3, 0.25) and state["best_val"] == 0.5
+    assert state["rng_state"] == meta["rng_state"]
+    weights_only = save_checkpoint(tmp_path / "weights.npz", small_vit())
+    with pytest.raises(CheckpointError, match="holds no training position"):
+        resume_state(load_checkpoint(weights_only))
+    broken = save_checkpoint(tmp_path / "broken.npz", small_vit(), **{**meta, "epoch_running": "abc"})
+    with pytest.raises(CheckpointError, match="'epoch_running' should be 4 numbers"):
+        resume_state(load_checkpoint(broken))
+
+
 def test_load_checkpoint_of_a_folder_reads_its_checkpoint_npz(tmp_path):
     save_checkpoint(tmp_path / "run" / "checkpoint.npz", small_vit())
     assert load_checkpoint(tmp_path / "run")["path"] == tmp_path / "run" / "checkpoint.npz"
@@ -216,6 +260,37 @@ def test_a_save_that_fails_midway_keeps_the_previous_checkpoint_and_leaves_no_te
     assert path.read_bytes() == before
     restored = load_checkpoint(path)["model"]
     assert np.array_equal(restored["pos_embed"], old_model.pos_embed.data)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes and umask are POSIX")
+@pytest.mark.parametrize("umask, mode", [(0o077, 0o600), (0o022, 0o644), (0o002, 0o664)], ids=["077", "022", "002"])
+def test_save_never_touches_the_umask_and_the_file_mode_honours_it(tmp_path, monkeypatch, umask, mode):
+    model = small_vit()
+    previous = os.umask(umask)
+    try:
+        def no_umask(mask):  # reading the umask means setting it: racy with other threads
+            raise AssertionError(f"save_checkpoint called os.umask({mask:#o})")
+
+        monkeypatch.setattr(os, "umask", no_umask)
+        path = save_checkpoint(tmp_path / "checkpoint.npz", model)
+        monkeypatch.undo()
+    finally:
+        os.umask(previous)
+    assert os.stat(path).st_mode & 0o777 == mode
+    assert os.listdir(tmp_path) == ["checkpoint.npz"]
+
+
+def test_a_save_never_overwrites_a_file_that_only_looks_like_its_temp_file(tmp_path, monkeypatch):
+    """The temp file is created with O_EXCL under a random name: a name already taken is skipped."""
+    import secrets
+
+    names = iter(["taken", "taken", "fresh"])
+    monkeypatch.setattr(secrets, "token_hex", lambda n: next(names))
+    (tmp_path / ".checkpoint.npz.taken.tmp").write_text("someone else's file")
+    path = save_checkpoint(tmp_path / "checkpoint.npz", small_vit())
+    assert (tmp_path / ".checkpoint.npz.taken.tmp").read_text() == "someone else's file"
+    assert sorted(os.listdir(tmp_path)) == [".checkpoint.npz.taken.tmp", "checkpoint.npz"]
+    assert load_checkpoint(path)["meta"]["format"] == FORMAT
 
 
 def test_saving_over_an_existing_checkpoint_replaces_it(tmp_path):

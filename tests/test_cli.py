@@ -248,15 +248,19 @@ def test_predict_top_k_larger_than_the_classes_lists_every_class_once(trained, t
     assert sum(p for _, p in top) == pytest.approx(1.0, abs=5e-3)  # printed to 3 decimals
 
 
-@pytest.mark.parametrize("kind", ["text", "missing"])
-def test_predict_on_a_file_that_is_not_an_image_exits_with_a_message_naming_it(trained, tmp_path, kind):
+@pytest.mark.parametrize("kind", ["text", "missing", "folder", "empty"])
+def test_predict_on_a_file_that_is_not_an_image_exits_2_with_a_message_naming_it(trained, tmp_path, capsys, kind):
     run, _, _ = trained
     path = tmp_path / "notes.png"
     if kind == "text":
         path.write_text("not an image")
-    with pytest.raises(SystemExit) as info:
-        main(["predict", str(run / "checkpoint.npz"), str(path)])
-    assert f"cannot read image {path}" in str(info.value.code)
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "empty":
+        path.write_bytes(b"")
+    assert main(["predict", str(run / "checkpoint.npz"), str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: cannot read image {path}" in err and "Traceback" not in err
 
 
 # ---------------------------------------------------------------------------- demo, listings

@@ -6,7 +6,6 @@ import ast
 import gzip
 import hashlib
 import io
-import pickle
 import sys
 import tarfile
 import tempfile
@@ -25,6 +24,7 @@ from minivit.data import (DATASET_STATS, DataLoader, DataNotFoundError, Dataset,
                           split_train_val)
 from minivit.data import cifar, folder, idx
 from minivit.data.transforms import normalize, random_crop_flip
+from py2_pickle import dump as py2_dump
 
 CLASSES = cifar.CLASSES
 
@@ -38,7 +38,7 @@ def _private_data_dirs(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- writers of the real formats
 def write_cifar_batches(folder_: Path, n: int = 20, seed: int = 0) -> dict:
-    """Official-format batches (protocol-2 pickles, bytes keys) with n random images each."""
+    """Official-format batches (Python 2 cPickle, protocol 2, bytes keys) with n random images each."""
     rng = np.random.default_rng(seed)
     folder_.mkdir(parents=True)
     written = {}
@@ -47,12 +47,10 @@ def write_cifar_batches(folder_: Path, n: int = 20, seed: int = 0) -> dict:
         labels = [int(v) for v in rng.integers(0, 10, n)]
         batch = {b"batch_label": name.encode(), b"labels": labels, b"data": data,
                  b"filenames": [f"img_{i}.png".encode() for i in range(n)]}
-        with open(folder_ / name, "wb") as f:
-            pickle.dump(batch, f, protocol=2)
+        py2_dump(batch, folder_ / name)
         written[name] = (data, labels)
     meta = {b"num_cases_per_batch": n, b"label_names": [c.encode() for c in CLASSES], b"num_vis": 3072}
-    with open(folder_ / "batches.meta", "wb") as f:
-        pickle.dump(meta, f, protocol=2)
+    py2_dump(meta, folder_ / "batches.meta")
     return written
 
 

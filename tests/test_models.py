@@ -566,3 +566,20 @@ def test_list_models_is_sorted_and_filters_by_pattern_or_substring():
     assert minivit.list_models("huge") == ["vit_huge_patch14_224", "vit_huge_patch16_224", "vit_huge_patch32_224"]
     assert minivit.list_models("vit_large_*_224") == [f"vit_large_patch{p}_224" for p in (14, 16, 32)]
     assert minivit.list_models("no-such-model") == []
+
+
+@pytest.mark.parametrize("name", minivit.list_models())
+def test_a_config_counts_its_parameters_like_the_independent_formula(name):
+    cfg = minivit.model_config(name)
+    assert cfg.num_parameters() == count_params(cfg)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS) + ["fc_norm"])
+def test_a_config_counts_the_parameters_its_model_builds_for_every_position_embedding(variant):
+    model = _tiny(variant) if variant != "fc_norm" else ViT(**{**TINY, "global_pool": "avg", "fc_norm": False})
+    assert model.config.num_parameters() == model.num_parameters()
+
+
+def test_a_model_larger_than_the_machines_memory_is_refused_before_anything_is_built():
+    with pytest.raises(MemoryError, match=r"depth=1000000000.*parameters.*GiB"):
+        minivit.create_model("vit_testing", depth=10**9)

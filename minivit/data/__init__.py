@@ -34,6 +34,11 @@ def load_dataset(name: str, root=None, split: str = "train", download: bool = Tr
     (chosen with `seed`, original order kept). cache_dir: where decoded image folders are cached.
     kwargs go to the procedural generator (e.g. num_classes).
     """
+    if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer))
+                                    or num_samples < 1):
+        raise ValueError(f"num_samples must be a positive integer or None (all), got {num_samples!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if name == "procedural":
         return make_procedural(split, num_samples, seed, **kwargs)
     if name == "cifar10":

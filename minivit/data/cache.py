@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from .. import npz
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -43,33 +43,25 @@ def cache_home(cache_dir: str | os.PathLike | None = None) -> Path:
 
 def folder_key(root, split: str, entries: list[tuple[str, int, int]]) -> str:
     """sha256 over (absolute root, split, each file's (relative path, size, mtime_ns)), sorted."""
-    h = hashlib.sha256(f"{Path(root).resolve()}\0{split}\0".encode())
-    h.update("\n".join(f"{rel}\0{size}\0{mtime}" for rel, size, mtime in sorted(entries)).encode())
+    # surrogateescape: file names that are not UTF-8 hash as their raw bytes instead of failing
+    h = hashlib.sha256(f"{Path(root).resolve()}\0{split}\0".encode("utf-8", "surrogateescape"))
+    h.update("\n".join(f"{rel}\0{size}\0{mtime}" for rel, size, mtime in sorted(entries))
+             .encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:20]
 
 
 def save_arrays(path: Path, **arrays: np.ndarray) -> None:
-    """np.savez to a temp file beside `path`, then atomically rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write the arrays to an .npz at `path`, atomically (minivit.npz.write)."""
+    npz.write(path, arrays)
 
 
 def load_arrays(path: Path) -> dict[str, np.ndarray] | None:
-    """Read an .npz written by save_arrays (never unpickles); None if absent or unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        return None
+    """Read an .npz written by save_arrays (never unpickles); None if absent or unreadable.
+
+    The caller checks what it holds against what it expects: a crafted or stale file is a miss,
+    and a damaged one too: the caller decodes again and overwrites it.
+    """
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
-        return None  # a damaged cache is just a miss: the caller decodes again and overwrites it
+        return npz.read(path)
+    except ValueError:
+        return None

@@ -2,9 +2,10 @@
 
 Lookup order for `load_cifar10(root, split)`:
   (a) official python batches: `root` is `cifar-10-batches-py` or its parent. Each batch is a
-      pickled dict (the official format; the only pickle minivit reads) with b"data" uint8
+      pickled dict (the official format; the only pickle minivit reads, through the restricted
+      unpickler of safe_unpickle.py, so a crafted batch cannot run code) with b"data" uint8
       (10000, 3072), each row the 1024 red, then green, then blue pixels of a 32x32 image (CHW),
-      and b"labels"; batches.meta holds b"label_names".
+      and b"labels" (ints 0..9); batches.meta holds b"label_names".
   (b) an image-folder tree `root/train/<class>/*`, `root/test/<class>/*` (folder.py).
   (c) `root=None`: `data_home()/cifar-10-batches-py`, downloaded there first if absent and
       `download=True`: URL -> temp file (tqdm bar) -> md5 check -> safe extract -> atomic rename.
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 import shutil
 import tarfile
 import tempfile
@@ -27,6 +27,7 @@ from tqdm import tqdm
 from .cache import DataNotFoundError, data_home
 from .folder import load_folder
 from .loader import Dataset
+from .safe_unpickle import load_batch_pickle
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -37,29 +38,44 @@ CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 
 
 def _unpickle(path: Path) -> dict:
-    """Load one official batch file (Python 2 pickles: bytes keys); ValueError naming a bad file."""
-    try:
-        with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-            ImportError, IndexError, KeyError) as e:
-        raise ValueError(f"corrupt CIFAR-10 batch file {path}: {type(e).__name__}: {e}") from e
+    """One official batch file as a dict (bytes keys); ValueError naming a bad or unsafe file."""
+    d = load_batch_pickle(path)
     if not isinstance(d, dict):
         raise ValueError(f"corrupt CIFAR-10 batch file {path}: expected a dict, got {type(d).__name__}")
     return d
 
 
-def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One batch file -> images uint8 (n, 32, 32, 3) HWC, labels int64 (n,)."""
+def read_batch(path: Path, num_classes: int = len(CLASSES)) -> tuple[np.ndarray, np.ndarray]:
+    """One batch file -> images uint8 (n, 32, 32, 3) HWC, labels int64 (n,) in 0..num_classes-1."""
     d = _unpickle(path)
-    try:
-        data = np.asarray(d[b"data"], dtype=np.uint8)         # (n, 3072) = (n, C*H*W)
-        labels = np.asarray(d[b"labels"], dtype=np.int64)     # (n,)
-    except KeyError as e:
-        raise ValueError(f"corrupt CIFAR-10 batch file {path}: missing key {e}") from e
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
-        raise ValueError(f"corrupt CIFAR-10 batch file {path}: data {data.shape}, {len(labels)} labels")
-    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels  # (n, 32, 32, 3)
+    missing = [k for k in (b"data", b"labels") if k not in d]
+    if missing:
+        raise ValueError(f"corrupt CIFAR-10 batch file {path}: missing key(s) {missing}; it has "
+                         f"{[repr(k)[:40] for k in list(d)[:8]]}")
+    data, labels = d[b"data"], d[b"labels"]                   # (n, 3072) = (n, C*H*W), [n ints]
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
+            and data.shape[1] == 3 * 32 * 32):
+        got = f"{data.dtype} array {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise ValueError(f"corrupt CIFAR-10 batch file {path}: b'data' should be a uint8 array (n, 3072), got {got}")
+    if not isinstance(labels, list) or len(labels) != len(data):
+        got = f"{len(labels)} labels" if isinstance(labels, list) else f"a {type(labels).__name__}"
+        raise ValueError(f"corrupt CIFAR-10 batch file {path}: b'labels' should be a list of {len(data)} ints "
+                         f"(one per image), got {got}")
+    bad = next((v for v in labels if type(v) is not int or not 0 <= v < num_classes), None)
+    if bad is not None:
+        raise ValueError(f"corrupt CIFAR-10 batch file {path}: labels should be ints in 0..{num_classes - 1}, "
+                         f"found {bad!r}")
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()  # (n, 32, 32, 3)
+    return images, np.asarray(labels, dtype=np.int64)
+
+
+def read_label_names(path: Path) -> list[str]:
+    """Class names from batches.meta (b"label_names", a list of byte strings)."""
+    names = _unpickle(path).get(b"label_names")
+    if not (isinstance(names, list) and names and all(isinstance(c, (bytes, str)) for c in names)):
+        raise ValueError(f"corrupt CIFAR-10 meta file {path}: b'label_names' should be a non-empty list of "
+                         f"strings, got {str(names)[:80]}")
+    return [c.decode("utf-8", "replace") if isinstance(c, bytes) else c for c in names]
 
 
 def find_batches(root) -> Path | None:
@@ -78,11 +94,9 @@ def load_batches(folder: Path, split: str = "train") -> Dataset:
     missing = [n for n in names if not (Path(folder) / n).is_file()]
     if missing:
         raise DataNotFoundError(f"{folder} lacks {', '.join(missing)}")
-    parts = [read_batch(Path(folder) / n) for n in names]
-    classes = CLASSES
-    if (Path(folder) / "batches.meta").is_file():
-        meta = _unpickle(Path(folder) / "batches.meta")
-        classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta.get(b"label_names", CLASSES)]
+    meta = Path(folder) / "batches.meta"
+    classes = read_label_names(meta) if meta.is_file() else list(CLASSES)
+    parts = [read_batch(Path(folder) / n, len(classes)) for n in names]
     return Dataset(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
                    classes, "cifar10", {"root": str(folder), "split": split})
 
@@ -140,6 +154,8 @@ def not_found_message(root) -> str:
     """What was looked for, and the three ways to provide CIFAR-10."""
     where = (f"{root} (as cifar-10-batches-py, its parent, or an image-folder tree with train/ and test/)"
              if root is not None else f"{data_home() / BATCH_FOLDER}")
+    if root is not None and Path(root).exists() and not Path(root).is_dir():
+        where = f"{root}, which is a file, not a folder"
     return (f"CIFAR-10 not found: looked in {where}. Provide it in one of three ways:\n"
             f"  1. --data-dir pointing at a cifar-10-batches-py folder (the official python batches);\n"
             f"  2. --data-dir pointing at an image-folder tree <dir>/train/<class>/*.jpg and "

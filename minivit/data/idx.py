@@ -10,7 +10,9 @@ Fashion-MNIST: `train-images-idx3-ubyte` (60000, 28, 28), `train-labels-idx1-uby
 from __future__ import annotations
 
 import gzip
+import math
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -27,26 +29,49 @@ FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
 
 
 def read_idx(path) -> np.ndarray:
-    """One IDX file (optionally .gz) -> ndarray of its shape, native byte order."""
+    """One IDX file (optionally .gz) -> ndarray of its shape, native byte order.
+
+    The header is read first and the data then only up to the size it declares (plus one byte to
+    see whether more follows): a header that lies about the size costs no more memory than the
+    file holds, and a gzip bomb is not inflated past what the header promised.
+    """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as e:  # gzip reports a bad or truncated stream as these
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in IDX_DTYPES:
+                raise ValueError(f"not an IDX file (bad magic {head.hex() or 'empty'}, expected 0000 then a "
+                                 f"type code in {sorted(IDX_DTYPES)} and the number of dimensions): {path}")
+            ndim = head[3]
+            if ndim > 32:
+                raise ValueError(f"IDX file {path} declares {ndim} dimensions; at most 32 are supported")
+            dims = f.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise ValueError(f"truncated IDX header in {path}: {ndim} dimensions need {4 * ndim} bytes, "
+                                 f"the file has {len(dims)}")
+            shape = struct.unpack(f">{ndim}I", dims)
+            dtype = np.dtype(IDX_DTYPES[head[2]])
+            expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow for lying headers
+            body = _read_at_most(f, expected + 1)
+    except (OSError, EOFError, zlib.error) as e:  # gzip reports a bad or truncated stream as these
         raise ValueError(f"cannot read IDX file {path}: {e}") from e
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
-        raise ValueError(f"not an IDX file (bad magic {raw[:4].hex()}): {path}")
-    ndim = raw[3]
-    if len(raw) < 4 + 4 * ndim:
-        raise ValueError(f"truncated IDX header in {path}")
-    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-    dtype = np.dtype(IDX_DTYPES[raw[2]])
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    body = raw[4 + 4 * ndim:]
     if len(body) != expected:
-        raise ValueError(f"IDX file {path} has {len(body)} data bytes, its header {shape} says {expected}")
+        has = "more data than" if len(body) > expected else f"{len(body)} data bytes, not"
+        raise ValueError(f"IDX file {path} has {has} the {expected} bytes its header {shape} ({dtype}) declares")
     return np.frombuffer(body, dtype).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _read_at_most(f, n: int, chunk: int = 1 << 24) -> bytes:
+    """Up to n bytes of f, read in chunks so that a huge n allocates only what the file holds."""
+    parts, got = [], 0
+    while got < n:
+        part = f.read(min(chunk, n - got))
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
 
 
 def write_idx(path, array: np.ndarray) -> None:
@@ -78,9 +103,14 @@ def load_fashion_mnist(root=None, split: str = "train") -> Dataset:
             "Install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist) or point "
             "--data-dir at a folder holding the IDX files.")
     images, labels = read_idx(paths[0]), read_idx(paths[1])
-    if images.ndim != 3 or images.dtype != np.uint8:
-        raise ValueError(f"{paths[0]}: expected uint8 images (N, H, W), got {images.dtype} {images.shape}")
-    if labels.shape != (len(images),):
-        raise ValueError(f"{paths[1]} has labels {labels.shape} for {len(images)} images in {paths[0]}")
+    if images.ndim != 3 or images.dtype != np.uint8 or 0 in images.shape:
+        raise ValueError(f"{paths[0]}: expected uint8 images (N, H, W), none of them 0, got {images.dtype} "
+                         f"{images.shape}")
+    if labels.shape != (len(images),) or labels.dtype.kind not in "iu":
+        raise ValueError(f"{paths[1]} has {labels.dtype} labels {labels.shape}, expected integer labels "
+                         f"({len(images)},) for the {len(images)} images in {paths[0]}")
+    K = len(FASHION_MNIST_CLASSES)
+    if labels.min() < 0 or labels.max() >= K:
+        raise ValueError(f"{paths[1]}: labels must be in 0..{K - 1}, found {labels.min()}..{labels.max()}")
     return Dataset(images[..., None], labels.astype(np.int64), list(FASHION_MNIST_CLASSES),
                    "fashion_mnist", {"root": str(root), "split": split})

@@ -64,9 +64,7 @@ def split_train_val(ds: Dataset, val_size: int | float = 5000, seed: int = 0,
     chosen at random within the class. Both parts keep the original image order.
     """
     n = len(ds)
-    n_val = int(round(val_size * n)) if isinstance(val_size, float) else int(val_size)
-    if not 0 <= n_val < n:
-        raise ValueError(f"val_size={val_size} must give between 0 and {n - 1} images of {n}")
+    n_val = val_count(val_size, n)
     rng = np.random.default_rng([seed, 12345])
     perm = rng.permutation(n)
     if not stratify:
@@ -82,6 +80,23 @@ def split_train_val(ds: Dataset, val_size: int | float = 5000, seed: int = 0,
     is_val = np.zeros(n, bool)
     is_val[val] = True
     return ds.subset(np.flatnonzero(~is_val)), ds.subset(np.flatnonzero(is_val))
+
+
+def val_count(val_size, n: int) -> int:
+    """Images to hold out: val_size is a fraction in [0, 1) or a whole count; between 0 and n - 1."""
+    if isinstance(val_size, bool) or not isinstance(val_size, (int, float, np.integer, np.floating)):
+        raise ValueError(f"val_size must be a number (a count, or a fraction < 1), got {val_size!r}")
+    if not math.isfinite(val_size) or val_size < 0:
+        raise ValueError(f"val_size must be a count >= 0 or a fraction in [0, 1), got {val_size}")
+    if val_size < 1 and isinstance(val_size, (float, np.floating)):
+        n_val = int(round(val_size * n))
+    elif val_size != int(val_size):
+        raise ValueError(f"val_size {val_size} is neither a fraction below 1 nor a whole number of images")
+    else:
+        n_val = int(val_size)
+    if not 0 <= n_val < n:
+        raise ValueError(f"val_size={val_size} must give between 0 and {n - 1} images of {n}")
+    return n_val
 
 
 def stats_for(ds: Dataset):
@@ -103,6 +118,10 @@ class DataLoader:
     def __init__(self, dataset: Dataset, batch_size: int = 128, shuffle: bool = True,
                  augment: bool = True, mean=None, std=None, seed: int = 0,
                  drop_last: bool = True, prefetch: int = 2, pad: int = 4):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
+            raise ValueError(f"pad must be an integer >= 0, got {pad!r}")
         if mean is None or std is None:
             m, s = stats_for(dataset)
             mean = m if mean is None else mean

@@ -145,6 +145,10 @@ def _render(rng: np.random.Generator, labels: np.ndarray, names: list[str]) -> n
     return img.astype(np.uint8).transpose(0, 2, 3, 1)                            # (n, S, S, 3)
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def make_procedural(split: str = "train", num_samples: int | None = None, seed: int = 0,
                     num_classes: int = 10, chunk: int = 2048) -> Dataset:
     """The procedural shapes dataset; "train" and "test" draw from different seeds.
@@ -153,8 +157,12 @@ def make_procedural(split: str = "train", num_samples: int | None = None, seed: 
     """
     if split not in DEFAULT_SIZES:
         raise ValueError(f"procedural split must be 'train' or 'test', got {split!r}")
-    if not 2 <= num_classes <= len(SHAPES):
-        raise ValueError(f"num_classes must be in 2..{len(SHAPES)}, got {num_classes}")
+    if not (_is_int(num_classes) and 2 <= num_classes <= len(SHAPES)):
+        raise ValueError(f"num_classes must be an integer in 2..{len(SHAPES)}, got {num_classes!r}")
+    if num_samples is not None and not (_is_int(num_samples) and num_samples >= 1):
+        raise ValueError(f"num_samples must be a positive integer (or None for {DEFAULT_SIZES}), got {num_samples!r}")
+    if not (_is_int(seed) and seed >= 0):
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     n = DEFAULT_SIZES[split] if num_samples is None else int(num_samples)
     names = list(SHAPES)[:num_classes]
     rng = np.random.default_rng([seed, {"train": 0, "test": 1}[split]])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import posemb
+from ..vit import ViTConfig
 from .checkpoint import CheckpointError, load_checkpoint
 
 
@@ -35,19 +36,21 @@ def resize_relative_bias(table, old_grid, new_grid, num_prefix_tokens):
 
 def adapt_state_dict(state, saved_config, model):
     """Make a checkpoint's weights fit `model`: new head, no pre-logits, resized position
-    embeddings. Returns the adapted dict and a list of what was changed."""
+    embeddings. `saved_config` is the checkpoint's ViTConfig (or its dict). Returns the adapted
+    dict and a list of what was changed."""
     cfg = model.config
+    saved = saved_config if isinstance(saved_config, ViTConfig) else _saved_config(saved_config)
     own = model.state_dict()
     state, notes = dict(state), []
     for key in [k for k in state if k.startswith("head.") or k.startswith("pre_logits.")]:
         if key not in own or own[key].shape != state[key].shape:
             del state[key]
             notes.append(f"dropped {key} (new head or no pre-logits layer)")
-    old_grid = (saved_config["img_size"] // saved_config["patch_size"],) * 2
+    old_grid = saved.grid_size
     for key in [k for k in state if k == "pos_embed"]:
         if key in own and state[key].shape != own[key].shape:
-            if saved_config["patch_size"] != cfg.patch_size:
-                raise CheckpointError(f"cannot fine-tune across patch sizes ({saved_config['patch_size']} -> "
+            if saved.patch_size != cfg.patch_size:
+                raise CheckpointError(f"cannot fine-tune across patch sizes ({saved.patch_size} -> "
                                       f"{cfg.patch_size}): the patch projection would not fit")
             state[key] = resize_pos_embed(state[key], old_grid, model.grid_size, model.num_prefix_tokens)
             notes.append(f"interpolated {key} from a {old_grid[0]}x{old_grid[1]} to a "
@@ -64,6 +67,13 @@ def adapt_state_dict(state, saved_config, model):
     for key in [k for k in own if k.startswith("head.") or k.startswith("pre_logits.")]:
         state.setdefault(key, own[key])  # keep the model's zero-initialised head
     return state, notes
+
+
+def _saved_config(values):
+    try:
+        return ViTConfig.from_dict(values)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"the checkpoint's model config is invalid: {e}") from e
 
 
 def init_from_checkpoint(model, path):

@@ -18,7 +18,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 import kernels
 
@@ -29,7 +28,8 @@ from .. import rng
 from ..autograd import no_grad
 from ..variants import create_model
 from ..vit import config_from_dict
-from .checkpoint import CheckpointError, load_checkpoint, load_weights, optimizer_state, save_checkpoint
+from .checkpoint import (CheckpointError, load_checkpoint, load_weights, optimizer_state, resume_state,
+                         save_checkpoint)
 
 
 @dataclass
@@ -238,19 +238,31 @@ class Trainer:
         if changed:
             raise CheckpointError(f"cannot resume {path}: the run was started with different settings "
                                   f"(saved, now): {changed}")
+        state = resume_state(ckpt)  # checked: position, running totals, best_val, RNG state
         load_weights(self.model, ckpt)
         self.optimizer.load_state_dict(optimizer_state(ckpt))
-        pos = ckpt["meta"]["position"]
-        self.step, self.epoch, self.batch = pos["step"], pos["epoch"], pos["batch"]
+        self.step, self.epoch, self.batch = state["step"], state["epoch"], state["batch"]
         self.schedule.set_step(self.step)
-        self.stats = EpochStats(*ckpt["meta"].get("epoch_running", ()))
-        self.best_val = ckpt["meta"].get("best_val", -1.0)
-        rng.set_rng_state(ckpt["meta"]["rng_state"])
+        self.stats = EpochStats(*state["epoch_running"])
+        self.best_val = state["best_val"]
+        rng.set_rng_state(state["rng_state"])
+        self._truncate_metrics()
+
+    def _truncate_metrics(self):
+        """Drop what was logged after the checkpoint's step: the resumed run logs it again."""
         metrics = self.out / "metrics.jsonl"
-        if metrics.exists():  # drop what was logged after the checkpoint: it will be logged again
-            kept = [line for line in metrics.read_text().splitlines()
-                    if line and json.loads(line).get("step", 0) <= self.step]
-            metrics.write_text("".join(line + "\n" for line in kept))
+        if not metrics.exists():
+            return
+        kept = []
+        for number, line in enumerate(metrics.read_text().splitlines(), 1):
+            try:
+                record = json.loads(line) if line else None
+            except ValueError as e:
+                raise CheckpointError(f"cannot resume: {metrics} line {number} is not JSON ({e}); "
+                                      "remove the damaged lines and resume again") from e
+            if isinstance(record, dict) and record.get("step", 0) <= self.step:
+                kept.append(line)
+        metrics.write_text("".join(line + "\n" for line in kept))
 
     # ---- one step ------------------------------------------------------------------------------
     def train_step(self, x, y):

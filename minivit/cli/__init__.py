@@ -1,0 +1,121 @@
+"""The `minivit` command: train, eval, predict, demo, analyze, fewshot, kernels, models.
+
+    minivit demo                                     # procedural shapes, ~2 minutes on a laptop CPU
+    minivit train --data-dir ../shared/data/cifar10-jpeg --epochs 10 --out runs/cifar
+    minivit train --resume --out runs/cifar          # continue exactly where it stopped
+    minivit eval runs/cifar/best.npz
+    minivit predict runs/cifar/best.npz cat.jpg
+
+Numbers that make no sense (`--top 0`, `--batch-size -1`, `--lr nan`) are refused while the
+arguments are parsed, with argparse's usage message; anything else a user can get wrong (a
+missing or damaged file, an inconsistent dataset, a crafted checkpoint) ends in one line
+"error: ..." on stderr and exit status 2, never a traceback (MINIVIT_DEBUG=1 shows it).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .args import (DATASETS, add_train_args, shown, name_list, nonnegative_int, positive_float, positive_int,
+                   positive_int_list, train_config_from_args)
+from .checkpoints import cmd_analyze, cmd_eval, cmd_fewshot, cmd_predict
+from .listing import cmd_bench, cmd_kernels, cmd_models, cmd_recipes
+from .training import cmd_demo, cmd_sweep, cmd_train
+
+__all__ = ["build_parser", "main", "train_config_from_args"]
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="minivit", description="A readable, fast Vision Transformer on NumPy.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a ViT")
+    add_train_args(t)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="accuracy of a checkpoint on a dataset split")
+    e.add_argument("checkpoint")
+    e.add_argument("--dataset", choices=DATASETS, help="default: the one the checkpoint was trained on")
+    e.add_argument("--data-dir")
+    e.add_argument("--split", default="test")
+    e.add_argument("--batch-size", type=positive_int, default=256)
+    e.set_defaults(func=cmd_eval)
+
+    pr = sub.add_parser("predict", help="top-5 classes of image files")
+    pr.add_argument("checkpoint")
+    pr.add_argument("images", nargs="+")
+    pr.add_argument("--top", type=positive_int, default=5)
+    pr.set_defaults(func=cmd_predict)
+
+    d = sub.add_parser("demo", help="train a small ViT on procedural data (about two minutes)")
+    d.add_argument("--epochs", type=positive_int, default=6)
+    d.add_argument("--num-samples", type=positive_int, default=10000, help="training images (at least 128)")
+    d.add_argument("--seed", type=nonnegative_int, default=0)
+    d.add_argument("--out")
+    d.add_argument("--no-progress", action="store_true")
+    d.set_defaults(func=cmd_demo)
+
+    a = sub.add_parser("analyze", help="the paper's analysis figures for a checkpoint")
+    a.add_argument("checkpoint")
+    a.add_argument("--out", required=True)
+    a.add_argument("--data-dir")
+    a.add_argument("--images", type=positive_int, default=256, help="test images for attention distance")
+    a.set_defaults(func=cmd_analyze)
+
+    f = sub.add_parser("fewshot", help="few-shot linear evaluation of frozen features")
+    f.add_argument("checkpoint")
+    f.add_argument("--shots", type=positive_int_list, default=[1, 5, 10, 25], help="default 1,5,10,25")
+    f.add_argument("--seeds", type=positive_int, default=3)
+    f.add_argument("--dataset", choices=DATASETS, help="default: the one the checkpoint was trained on")
+    f.add_argument("--data-dir")
+    f.add_argument("--test-images", type=positive_int, default=2000)
+    f.set_defaults(func=cmd_fewshot)
+
+    s = sub.add_parser("sweep", help="train a grid of model options and tabulate the results")
+    add_train_args(s)
+    s.add_argument("--grid", nargs="+", help="key=v1,v2 ... (ViT or training options): every combination")
+    s.add_argument("--point", nargs="+", action="append",
+                   help="key=v ...: one explicit point (repeat --point for more); after the grid's points")
+    s.set_defaults(func=cmd_sweep)
+
+    b = sub.add_parser("bench", help="empirical compute cost: throughput and memory vs resolution")
+    b.add_argument("what", choices=["model"])
+    b.add_argument("--models", type=name_list,
+                   default="vit_tiny_patch16_224,vit_small_patch16_224,vit_tiny_patch32_224")
+    b.add_argument("--sizes", type=positive_int_list, default="64,128,224", help="input sizes in pixels")
+    b.add_argument("--batch-size", type=positive_int, default=8)
+    b.add_argument("--budget-gib", type=positive_float, default=1.0)
+    b.add_argument("--out")
+    b.set_defaults(func=cmd_bench)
+
+    k = sub.add_parser("kernels", help="list kernel implementations")
+    k.add_argument("op", nargs="?")
+    k.set_defaults(func=cmd_kernels)
+
+    m = sub.add_parser("models", help="list named model variants")
+    m.add_argument("pattern", nargs="?")
+    m.set_defaults(func=cmd_models)
+
+    r = sub.add_parser("recipes", help="list named training recipes")
+    r.set_defaults(func=cmd_recipes)
+    return p
+
+
+def main(argv=None):
+    """Run one command; exit 2 with one line "error: ..." for what a user can cause: a bad value
+    (ValueError, which CheckpointError is), a missing or unreadable file (OSError, which
+    DataNotFoundError is), a diverged run (FloatingPointError), or too little memory. Any other
+    exception is a bug in minivit and keeps its traceback."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, OSError, FloatingPointError, MemoryError) as e:
+        if os.environ.get("MINIVIT_DEBUG"):
+            raise
+        message = f"out of memory: {e}" if isinstance(e, MemoryError) else shown(e, limit=10_000)
+        print(f"error: {message}\n(set MINIVIT_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 2
+

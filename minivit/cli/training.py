@@ -1,0 +1,78 @@
+"""`minivit train`, `minivit demo` and `minivit sweep`."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+
+from .args import check_model_options, checked_config, train_config_from_args
+
+
+def cmd_train(args):
+    from ..train import Trainer
+
+    cfg = train_config_from_args(args)
+    trainer = Trainer(cfg, resume=args.resume)
+    m = trainer.model
+    print(f"model {cfg.model}: {m.num_parameters():,} parameters, {m.config.depth} blocks of width "
+          f"{m.config.embed_dim}, {m.num_tokens} tokens; {len(trainer.train_set)} training images; "
+          f"run folder {trainer.out}")
+    start = time.perf_counter()
+    final = trainer.fit()
+    minutes = (time.perf_counter() - start) / 60
+    summary = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in final.items())
+    print(f"done in {minutes:.1f} min: {summary}\nrun folder: {trainer.out}")
+    return 0
+
+
+def cmd_demo(args):
+    from ..train import Trainer, TrainConfig
+
+    out = args.out or "runs/demo"
+    cfg = TrainConfig(model="vit_demo_patch4_32", dataset="procedural", num_samples=args.num_samples,
+                      val_size=0, epochs=args.epochs, batch_size=128, lr=2e-3, weight_decay=0.05,
+                      warmup_epochs=0.5, label_smoothing=0.0, out_dir=out, seed=args.seed, log_every=10,
+                      progress=not args.no_progress)
+    print("minivit demo: a small ViT learns to name the shape hidden in each 32x32 image "
+          "(procedural data, 10 classes, chance 10%)")
+    start = time.perf_counter()
+    trainer = Trainer(cfg)
+    print(f"model {cfg.model}: {trainer.model.num_parameters():,} parameters; "
+          f"{len(trainer.train_set)} training, {len(trainer.test_set)} test images; "
+          f"setup {time.perf_counter() - start:.1f} s")
+    final = trainer.fit()
+    minutes = (time.perf_counter() - start) / 60
+    print(f"\ntest accuracy {final['test_acc']:.1%} after {cfg.epochs} epochs ({minutes:.1f} min, first step "
+          f"done {trainer.time_to_first_step:.1f} s after start); "
+          f"curves: {Path(out) / 'curves.png'}; checkpoint: {Path(out) / 'best.npz'}")
+    return 0
+
+
+def cmd_sweep(args):
+    from ..train import TrainConfig
+    from ..train.sweep import grid_points, parse_grid, parse_point, run_sweep
+    from ..vit import ViTConfig
+
+    vit_keys = {f.name for f in fields(ViTConfig)}
+
+    if not args.out:
+        raise SystemExit("minivit sweep needs --out DIR (the folder for its runs and tables)")
+    if args.resume:
+        raise SystemExit("a sweep resumes by itself: run the same command again to skip finished points")
+    args.out, out = None, args.out
+    cfg = train_config_from_args(args)
+    if not args.grid and not args.point:
+        raise SystemExit("minivit sweep needs --grid key=v1,v2 ... or one or more --point key=v ...")
+    try:
+        grid = parse_grid(args.grid or [])
+        points = [parse_point(p) for p in args.point or []]
+    except ValueError as e:
+        raise SystemExit(str(e))
+    for point in grid_points(grid) + points:  # every point's options checked before the first one trains
+        values = {**asdict(cfg), **{k: v for k, v in point.items() if k not in vit_keys}}
+        values["model_kwargs"] = {**cfg.model_kwargs, **{k: v for k, v in point.items() if k in vit_keys}}
+        point_cfg = checked_config(TrainConfig.from_dict, values, f"sweep point {point}")
+        check_model_options(point_cfg.model, point_cfg.model_kwargs, f"sweep point {point}")
+    rows = run_sweep(cfg, grid, out, points)
+    print((Path(out) / "results.md").read_text() if rows else "no results")
+    return 0
