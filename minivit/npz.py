@@ -33,6 +33,9 @@ def read(path, error=ValueError, what="archive") -> dict[str, np.ndarray]:
     try:
         archive = np.load(path, allow_pickle=False)
     except DAMAGED as e:
+        if isinstance(e, ValueError) and "allow_pickle" in str(e):  # no NumPy magic: np.load would unpickle it
+            raise error(f"{what} {path} is corrupt or truncated: it is neither an .npz archive nor an .npy "
+                        "file (and minivit never reads pickles)") from e
         raise error(_damaged(e, f"{what} {path}")) from e
     if not isinstance(archive, np.lib.npyio.NpzFile):  # a .npy file: one bare array
         raise error(f"{what} {path} holds a single array (a .npy file), not an .npz archive")

@@ -342,3 +342,25 @@ def test_kernels_in_a_fresh_process_marks_the_running_implementation_of_every_op
     assert result.returncode == 0
     marked = {line[2:].split()[0] for line in result.stdout.splitlines()[:-1] if line.startswith("* ")}
     assert marked == set(kernels.OPS)
+
+
+def test_convert_writes_an_official_checkpoint_and_reads_it_back_with_the_same_logits(tmp_path, capsys):
+    from minivit.train.checkpoint import model_from_checkpoint, save_checkpoint
+    from minivit.variants import create_model
+
+    model = create_model("vit_testing")
+    model.head.weight.data[...] = np.random.default_rng(0).standard_normal(model.head.weight.shape)
+    save_checkpoint(tmp_path / "mine.npz", model)
+    assert main(["convert", str(tmp_path / "mine.npz"), str(tmp_path / "official.npz"), "--layout", "big_vision"]) == 0
+    assert "big_vision checkpoint" in capsys.readouterr().out
+    assert main(["convert", str(tmp_path / "official.npz"), str(tmp_path / "back.npz")]) == 0
+    back, _ = model_from_checkpoint(tmp_path / "back.npz")
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(back(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_convert_of_a_file_that_is_no_checkpoint_exits_2_with_one_line(tmp_path, capsys):
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    assert main(["convert", str(tmp_path / "junk.npz"), str(tmp_path / "out.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "corrupt or truncated" in err and "Traceback" not in err

@@ -1,4 +1,5 @@
-"""The `minivit` command: train, eval, predict, demo, analyze, fewshot, kernels, models.
+"""The `minivit` command: train, eval, predict, demo, analyze, fewshot, convert, sweep, bench,
+kernels, models, recipes.
 
     minivit demo                                     # procedural shapes, ~2 minutes on a laptop CPU
     minivit train --data-dir ../shared/data/cifar10-jpeg --epochs 10 --out runs/cifar
@@ -19,7 +20,7 @@ import sys
 
 from .args import (DATASETS, add_train_args, shown, name_list, nonnegative_int, positive_float, positive_int,
                    positive_int_list, train_config_from_args)
-from .checkpoints import cmd_analyze, cmd_eval, cmd_fewshot, cmd_predict
+from .checkpoints import cmd_analyze, cmd_convert, cmd_eval, cmd_fewshot, cmd_predict
 from .listing import cmd_bench, cmd_kernels, cmd_models, cmd_recipes
 from .training import cmd_demo, cmd_sweep, cmd_train
 
@@ -88,6 +89,15 @@ def build_parser():
     b.add_argument("--budget-gib", type=positive_float, default=1.0)
     b.add_argument("--out")
     b.set_defaults(func=cmd_bench)
+
+    c = sub.add_parser("convert", help="minivit checkpoint <-> official vit_jax / big_vision .npz "
+                                       "(the direction is read off the input)")
+    c.add_argument("input")
+    c.add_argument("output")
+    c.add_argument("--layout", choices=["vit_jax", "big_vision"], help="official layout to write (default vit_jax)")
+    c.add_argument("--img-size", type=positive_int, help="official -> minivit: interpolate the position embedding")
+    c.add_argument("--num-classes", type=nonnegative_int, help="official -> minivit: a new zero-initialised head")
+    c.set_defaults(func=cmd_convert)
 
     k = sub.add_parser("kernels", help="list kernel implementations")
     k.add_argument("op", nargs="?")

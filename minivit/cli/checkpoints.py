@@ -1,4 +1,5 @@
-"""Commands that read a trained checkpoint: `minivit eval`, `predict`, `analyze` and `fewshot`.
+"""Commands that read a trained checkpoint: `minivit eval`, `predict`, `analyze`, `fewshot` and
+`convert` (to and from the official JAX checkpoint formats).
 Each checks that the data fits the checkpoint (image size, channels, classes) before running."""
 from __future__ import annotations
 
@@ -150,4 +151,12 @@ def cmd_fewshot(args):
                                       test_images=args.test_images)
     for k, acc in results.items():
         print(f"{k:>3d}-shot linear accuracy: {acc:.4f}")
+    return 0
+
+
+def cmd_convert(args):
+    from ..interop import convert
+
+    options = {k: v for k, v in (("img_size", args.img_size), ("num_classes", args.num_classes)) if v is not None}
+    print(convert(args.input, args.output, layout=args.layout, **options))
     return 0

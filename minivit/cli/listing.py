@@ -13,8 +13,13 @@ def cmd_kernels(args):
     current = kernels.selection()
     for impl in kernels.available(args.op):
         mark = "*" if current.get(impl.op) == impl.name else " "
-        print(f"{mark} {impl.op:22s} {impl.name:12s} {impl.device:4s} {impl.description}")
-    print("* = runs now (choose with --kernels op=name or MINIVIT_KERNELS)")
+        default = "(default)" if kernels.DEFAULTS.get(impl.device, {}).get(impl.op) == impl.name else ""
+        print(f"{mark} {impl.op:22s} {impl.name:12s} {impl.device:4s} {default:9s} {impl.description}")
+    print("* = runs now (choose with --kernels op=name, MINIVIT_KERNELS, or MINIVIT_KERNELS=reference for "
+          "plain NumPy everywhere); defaults: kernels/registry.py DEFAULTS")
+    for device, error in kernels.backend_errors().items():
+        print(f"warning: the {device} kernels failed to import ({type(error).__name__}: {error}); "
+              "their ops run the NumPy reference", file=sys.stderr)
     return 0
 
 
