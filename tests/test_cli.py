@@ -364,3 +364,20 @@ def test_convert_of_a_file_that_is_no_checkpoint_exits_2_with_one_line(tmp_path,
     assert main(["convert", str(tmp_path / "junk.npz"), str(tmp_path / "out.npz")]) == 2
     err = capsys.readouterr().err
     assert "corrupt or truncated" in err and "Traceback" not in err
+
+
+def test_train_with_the_jax_backend_writes_minivits_checkpoint_and_records_the_backend(tmp_path, capsys):
+    pytest.importorskip("jax", reason="--backend jax needs JAX")
+    out = tmp_path / "run"
+    assert main(["train", "--model", "vit_testing", "--dataset", "procedural", "--num-samples", "64",
+                 "--val-size", "0", "--epochs", "1", "--batch-size", "32", "--no-test", "--no-progress",
+                 "--backend", "jax", "--devices", "1", "--out", str(out)]) == 0
+    assert "JAX on 1 device" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["backend"] == "jax"
+    assert load_checkpoint(out / "checkpoint.npz")["meta"]["position"]["step"] == 2
+
+
+def test_devices_without_the_jax_backend_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="--devices needs --backend jax"):
+        main(["train", "--model", "vit_testing", "--dataset", "procedural", "--devices", "2",
+              "--out", str(tmp_path / "run")])

@@ -33,6 +33,11 @@ def build_parser():
 
     t = sub.add_parser("train", help="train a ViT")
     add_train_args(t)
+    t.add_argument("--backend", choices=["numpy", "jax"], default="numpy",
+                   help="jax: the same run with each step jitted by JAX (pip install 'minivit[jax]')")
+    t.add_argument("--devices", type=positive_int,
+                   help="--backend jax: data parallel over this many devices (default all; on a CPU, "
+                        "this many host devices)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="accuracy of a checkpoint on a dataset split")

@@ -9,10 +9,21 @@ from .args import check_model_options, checked_config, train_config_from_args
 
 
 def cmd_train(args):
-    from ..train import Trainer
-
     cfg = train_config_from_args(args)
-    trainer = Trainer(cfg, resume=args.resume)
+    if args.backend == "jax":
+        try:
+            from ..train.jax_trainer import JaxTrainer, request_host_devices
+        except ImportError as e:
+            raise SystemExit(f"--backend jax needs JAX ({e}): pip install 'minivit[jax]'")
+        request_host_devices(args.devices)  # before JAX computes anything
+        trainer = JaxTrainer(cfg, resume=args.resume, devices=args.devices)
+        print(f"JAX on {trainer.mesh.size} device(s): {', '.join(str(d) for d in trainer.mesh.devices.flat)}")
+    else:
+        if args.devices is not None:
+            raise SystemExit("--devices needs --backend jax")
+        from ..train import Trainer
+
+        trainer = Trainer(cfg, resume=args.resume)
     m = trainer.model
     print(f"model {cfg.model}: {m.num_parameters():,} parameters, {m.config.depth} blocks of width "
           f"{m.config.embed_dim}, {m.num_tokens} tokens; {len(trainer.train_set)} training images; "

@@ -182,6 +182,8 @@ class Trainer:
     bookkeeping of `_after_step` (statistics, progress bar, log, periodic checkpoint, Ctrl-C,
     max_steps); each epoch ends with evaluation and a checkpoint (`_end_of_epoch`)."""
 
+    backend = "numpy"  # recorded in config.json; the JAX trainer says "jax"
+
     def __init__(self, cfg: TrainConfig, resume=False):
         self._created = time.perf_counter()
         self.time_to_first_step = None  # seconds from construction to the end of the first step
@@ -294,7 +296,7 @@ class Trainer:
         with kernels.use(**self.kernel_choices), _interrupt_flag() as self._interrupted:
             (self.out / "config.json").write_text(json.dumps(
                 {"train": asdict(cfg), "model": self.model.config.to_dict(), "params": self.model.num_parameters(),
-                 "kernels": kernels.selection()}, indent=2))
+                 "backend": self.backend, "kernels": kernels.selection()}, indent=2))
             self.model.train()
             while self.epoch < cfg.epochs:
                 if self._stop_requested() or self._run_epoch():
@@ -348,9 +350,9 @@ class Trainer:
                   "train_acc": self.stats.accuracy, "images_per_s": self.stats.images_per_s}
         self.stats = EpochStats()
         if self.val_loader is not None:
-            record["val_loss"], record["val_acc"] = evaluate(self.model, self.val_loader)
+            record["val_loss"], record["val_acc"] = self.evaluate(self.val_loader)
         if self.test_loader is not None:
-            record["test_loss"], record["test_acc"] = evaluate(self.model, self.test_loader)
+            record["test_loss"], record["test_acc"] = self.evaluate(self.test_loader)
         self._log(record)
         print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
         # Best by validation accuracy (else test, else the latest epoch); best_val goes into the
@@ -363,6 +365,10 @@ class Trainer:
             self.save(self.out / "best.npz")
         self._plot()
         return record
+
+    def evaluate(self, loader):
+        """(mean loss, accuracy) of the model over `loader`; the JAX trainer runs it in JAX."""
+        return evaluate(self.model, loader)
 
     # ---- outputs -------------------------------------------------------------------------------
     def save(self, path=None):
