@@ -360,6 +360,34 @@ def test_procedural_object_differs_from_background():
     assert np.all(spread > 80)
 
 
+def _object_masks(ds):
+    """Pixels far from the image's median colour: the object (the background is smooth)."""
+    x = ds.images.astype(int)
+    median = np.median(x.reshape(len(x), -1, 3), axis=1)[:, None, None]  # (n, 1, 1, 3)
+    return np.abs(x - median).sum(-1) > 120  # (n, H, W)
+
+
+def test_procedural_easy_objects_are_bigger_and_centred_and_the_hard_ones_are_unchanged():
+    easy = load_dataset("procedural_easy", num_samples=400, seed=2)
+    hard = load_dataset("procedural", num_samples=400, seed=2)
+    assert easy.name == "procedural_easy" and hard.name == "procedural"
+    np.testing.assert_array_equal(easy.labels, hard.labels)  # the same classes, drawn differently
+    np.testing.assert_array_equal(hard.images, load_dataset("procedural", num_samples=400, seed=2).images)
+    m_easy, m_hard = _object_masks(easy), _object_masks(hard)
+    assert m_easy.sum((1, 2)).mean() > 1.8 * m_hard.sum((1, 2)).mean()
+    ys, xs = np.mgrid[:32, :32]
+    centre = lambda m: np.array([(ys * m).sum((1, 2)), (xs * m).sum((1, 2))]) / np.maximum(m.sum((1, 2)), 1)
+    spread_easy, spread_hard = centre(m_easy).std(axis=1), centre(m_hard).std(axis=1)
+    assert np.all(spread_easy < 3.0) and np.all(spread_hard > 4.0)  # centres near the middle vs anywhere
+
+
+def test_procedural_rejects_an_unknown_difficulty():
+    from minivit.data.procedural import make_procedural
+
+    with pytest.raises(ValueError, match="difficulty must be one of hard, easy, got 'medium'"):
+        make_procedural(num_samples=4, difficulty="medium")
+
+
 # ---------------------------------------------------------------- transforms
 def test_normalize_matches_the_formula_and_returns_contiguous_nchw():
     x = np.random.default_rng(0).integers(0, 256, (4, 5, 6, 3), dtype=np.uint8)

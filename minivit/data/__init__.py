@@ -22,13 +22,16 @@ from .loader import DataLoader, Dataset, split_train_val, stats_for
 from .procedural import make_procedural
 from .transforms import DATASET_STATS, compute_stats, normalize, random_crop_flip
 
-DATASETS = ("cifar10", "procedural", "folder", "fashion_mnist")
+DATASETS = ("cifar10", "procedural", "procedural_easy", "folder", "fashion_mnist")
 
 
 def load_dataset(name: str, root=None, split: str = "train", download: bool = True,
                  num_samples: int | None = None, seed: int = 0, cache_dir=None,
                  **kwargs) -> Dataset:
-    """Load dataset `name` ("cifar10" | "procedural" | "folder" | "fashion_mnist") as a Dataset.
+    """Load dataset `name` ("cifar10" | "procedural" | "procedural_easy" | "folder" | "fashion_mnist").
+
+    "procedural_easy" is the procedural shapes with big centred objects and no distractor (the
+    demo's task); "procedural" the harder default.
 
     num_samples: procedural generates that many; the others keep a random subset of that size
     (chosen with `seed`, original order kept). cache_dir: where decoded image folders are cached.
@@ -39,8 +42,9 @@ def load_dataset(name: str, root=None, split: str = "train", download: bool = Tr
         raise ValueError(f"num_samples must be a positive integer or None (all), got {num_samples!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    if name == "procedural":
-        return make_procedural(split, num_samples, seed, **kwargs)
+    if name in ("procedural", "procedural_easy"):
+        difficulty = "easy" if name == "procedural_easy" else "hard"
+        return make_procedural(split, num_samples, seed, difficulty=difficulty, **kwargs)
     if name == "cifar10":
         ds = load_cifar10(root, split, download, cache_dir)
     elif name == "folder":

@@ -22,6 +22,14 @@ from .loader import Dataset
 
 SIZE = 32
 DEFAULT_SIZES = {"train": 10_000, "test": 2_000}
+# How hard the task is: the object's half-size in pixels, how far its centre may be from the image
+# centre (None: anywhere it fits), and how often a distractor blob is drawn. "hard" (the tests' and
+# sweeps' default) is a task a small ViT learns slowly; "easy" (big centred shapes, no blob) is
+# `minivit demo`'s: a small ViT passes 90% within a few epochs.
+DIFFICULTIES = {
+    "hard": {"half_size": (4.0, 8.0), "centre_jitter": None, "blob": 0.5},
+    "easy": {"half_size": (8.0, 12.0), "centre_jitter": 3.0, "blob": 0.0},
+}
 
 
 # Shapes in normalised coordinates: u (right), v (down), the object spans about [-1, 1]^2.
@@ -91,7 +99,7 @@ def _upsample_matrix(n_in: int, n_out: int) -> np.ndarray:
     return m
 
 
-def _render(rng: np.random.Generator, labels: np.ndarray, names: list[str]) -> np.ndarray:
+def _render(rng: np.random.Generator, labels: np.ndarray, names: list[str], style: dict) -> np.ndarray:
     """Images uint8 (n, 32, 32, 3) for the given labels; every draw comes from rng.
 
     Works channels-first, (n, 3, S, S), so every broadcast runs along contiguous rows of S
@@ -102,13 +110,16 @@ def _render(rng: np.random.Generator, labels: np.ndarray, names: list[str]) -> n
     # background: base colour on one side of grey + smooth colour noise
     base = np.where(dark_bg[:, None], 0.1, 0.6) + 0.3 * rng.random((n, 3))       # (n, 3)
     grid = 0.35 * (rng.random((n, 3, 4, 4)) - 0.5)                               # (n, 3, 4, 4)
-    # object: colour on the other side of grey, size 8-16 px, aspect jitter, anywhere inside
+    # object: colour on the other side of grey, size and place as the style says, aspect jitter
     obj = np.where(dark_bg[:, None], 0.65, 0.05) + 0.3 * rng.random((n, 3))      # (n, 3)
-    r = rng.uniform(4.0, 8.0, n)                                                 # (n,) half-size
+    r = rng.uniform(*style["half_size"], n)                                      # (n,) half-size
     ry, rx = r * rng.uniform(0.85, 1.15, n), r * rng.uniform(0.85, 1.15, n)
-    cy, cx = rng.uniform(ry, S - ry), rng.uniform(rx, S - rx)                    # (n,) centre
-    # distractor: a soft Gaussian blob (no class shape) in an object-like colour, half the time
-    has_blob = rng.random(n) < 0.5
+    if style["centre_jitter"] is None:                                           # (n,) centre: anywhere inside
+        cy, cx = rng.uniform(ry, S - ry), rng.uniform(rx, S - rx)
+    else:                                                                        # near the middle
+        cy, cx = (S / 2 + rng.uniform(-style["centre_jitter"], style["centre_jitter"], (2, n)))
+    # distractor: a soft Gaussian blob (no class shape) in an object-like colour, sometimes
+    has_blob = rng.random(n) < style["blob"]
     blob_c = np.where(dark_bg[:, None], 0.65, 0.05) + 0.3 * rng.random((n, 3))  # (n, 3)
     bs = rng.uniform(1.5, 3.0, n)                                                # (n,) blob sigma
     by, bx = rng.uniform(2, S - 2, n), rng.uniform(2, S - 2, n)
@@ -150,11 +161,14 @@ def _is_int(value) -> bool:
 
 
 def make_procedural(split: str = "train", num_samples: int | None = None, seed: int = 0,
-                    num_classes: int = 10, chunk: int = 2048) -> Dataset:
+                    num_classes: int = 10, chunk: int = 2048, difficulty: str = "hard") -> Dataset:
     """The procedural shapes dataset; "train" and "test" draw from different seeds.
 
-    Labels are balanced (each class n // K or n // K + 1 times) in random order.
+    Labels are balanced (each class n // K or n // K + 1 times) in random order. `difficulty`
+    is a key of DIFFICULTIES.
     """
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
     if split not in DEFAULT_SIZES:
         raise ValueError(f"procedural split must be 'train' or 'test', got {split!r}")
     if not (_is_int(num_classes) and 2 <= num_classes <= len(SHAPES)):
@@ -170,5 +184,6 @@ def make_procedural(split: str = "train", num_samples: int | None = None, seed: 
     images = np.empty((n, SIZE, SIZE, 3), np.uint8)
     for i in range(0, n, chunk):  # chunks bound memory; each draws from its own child stream
         sub = np.random.default_rng([seed, {"train": 0, "test": 1}[split], 1 + i // chunk])
-        images[i:i + chunk] = _render(sub, labels[i:i + chunk], names)
-    return Dataset(images, labels, names, "procedural", {"split": split, "seed": seed})
+        images[i:i + chunk] = _render(sub, labels[i:i + chunk], names, DIFFICULTIES[difficulty])
+    name = "procedural" if difficulty == "hard" else f"procedural_{difficulty}"
+    return Dataset(images, labels, names, name, {"split": split, "seed": seed, "difficulty": difficulty})
