@@ -4,6 +4,7 @@
                            [--dtype float32[,float64]] [--repeat N] [--plot out.png]
     python -m kernels.bench all            # every op, its default (CIFAR ViT) presets
     python -m kernels.bench --list         # what is registered; * marks the defaults (registry.DEFAULTS)
+    python -m kernels.bench OP --device cuda [--json out.json]   # the GPU versions (kernels/gpu/)
 
 For each op, preset and dtype, every implementation is first run on the same inputs as the
 NumPy reference run in float64 (inputs cast up exactly). A mismatch beyond the dtype's
@@ -13,6 +14,13 @@ separately after a warm-up (median of --repeat runs, time.perf_counter; the impl
 turns run by run, so a shared machine's changing load hits them alike) and reported in ms,
 GFLOP/s (dense ops, attention) or GB/s (elementwise and row ops: bytes that must move at least
 once), and as a speed-up over the reference.
+
+On the GPU (--device cuda) the same check runs on inputs copied to the device, with outputs
+and gradients copied back and compared on the host against the float64 reference; correct
+versions are then timed with CUDA events on device-resident inputs (kernels/gpu/timing.py), the
+ratio columns are against the GPU default (registry.DEFAULTS["gpu"]), and "% peak" puts each row
+against the card's ceilings measured first: cuBLAS sgemm (GFLOP/s rows) and a device-to-device
+copy (GB/s rows). Without CuPy or a GPU, --device cuda exits 2 with one line saying which.
 
 The same run-and-compare serves the tests (tests/test_kernels_cpu*.py): run_pair runs an
 implementation and the reference on one set of inputs and pairs up every output and gradient,
@@ -111,6 +119,38 @@ def _mk_adamw(d, dt, rng):
     return Inputs((p, g, m, v), dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.05, step=10))
 
 
+def _mk_conv2d(d, dt, rng):
+    x = _normal(rng, (d["B"], d["C"], d["H"], d["H"]), dt)  # (B, C, H, W), square
+    w = _normal(rng, (d["O"], d["C"], d["k"], d["k"]), dt, 1 / math.sqrt(d["C"] * d["k"] ** 2))  # (O, C, kh, kw)
+    p = d["p"]
+    return Inputs((x, w, _normal(rng, (d["O"],), dt)), {"stride": (d["s"], d["s"]), "padding": (p, p, p, p)})
+
+
+def _conv_flops(d, s):
+    Ho = (d["H"] + 2 * d["p"] - d["k"]) // d["s"] + 1
+    f = 2 * d["B"] * d["O"] * Ho * Ho * d["C"] * d["k"] ** 2
+    return f, 2 * f
+
+
+def _mk_weight_standardize(d, dt, rng):
+    # Uniform, not normal: check()'s upstream gradient is standard normal from the same seed, so
+    # normal weights would be proportional to it, where weight standardization's gradient is 0.
+    w = rng.uniform(-0.1, 0.1, (d["O"], d["I"], d["k"], d["k"])).astype(dt)  # (O, I, kh, kw)
+    return Inputs((w,), {"eps": 1e-8})
+
+
+def _mk_groupnorm(d, dt, rng):
+    x = _normal(rng, (d["B"], d["C"], d["H"], d["H"]), dt, 2.0) + 0.5
+    w, b = 1 + _normal(rng, (d["C"],), dt, 0.1), _normal(rng, (d["C"],), dt, 0.1)
+    return Inputs((x, w.astype(dt), b), {"groups": d["G"], "eps": 1e-5, "relu": bool(d["relu"])})
+
+
+def _mk_max_pool2d(d, dt, rng):
+    x = _normal(rng, (d["B"], d["C"], d["H"], d["H"]), dt)
+    p = d["p"]
+    return Inputs((x,), {"kernel": (3, 3), "stride": (2, 2), "padding": (p, p, p, p), "pad_value": -math.inf})
+
+
 _ROWS = {"B": 128, "N": 65}
 SPECS: dict[str, OpSpec] = {
     "matmul": OpSpec(
@@ -152,6 +192,30 @@ SPECS: dict[str, OpSpec] = {
     "adamw_update": OpSpec(
         {"bias": dict(n=192), "fc_w": dict(n=768 * 192), "vit": dict(n=2_700_000)},
         ("bias", "fc_w"), _mk_adamw, lambda d, s: (7 * d["n"] * s, 0), "GB/s"),
+    # the convs of a CIFAR ResNetV2 (widths 12-256 on 32x32 .. 8x8; expand/reduce1x1 are
+    # resnetv2_20_cifar's first-stage 1x1 convs) and the ImageNet stem; O output channels,
+    # k kernel, s stride, p padding on every side
+    "conv2d": OpSpec(
+        {"cifar3x3": dict(B=128, C=32, H=16, O=32, k=3, s=1, p=1),
+         "cifar1x1": dict(B=128, C=128, H=16, O=32, k=1, s=1, p=0),
+         "cifar1x1s2": dict(B=128, C=128, H=16, O=256, k=1, s=2, p=0),
+         "expand1x1": dict(B=128, C=12, H=32, O=48, k=1, s=1, p=0),
+         "reduce1x1": dict(B=128, C=48, H=32, O=12, k=1, s=1, p=0),
+         "stem": dict(B=32, C=3, H=224, O=64, k=7, s=2, p=3)},
+        ("cifar3x3", "cifar1x1"), _mk_conv2d, _conv_flops, "GFLOP/s"),
+    "weight_standardize": OpSpec(
+        {"cifar": dict(O=128, I=32, k=3), "r50": dict(O=512, I=512, k=3)}, ("cifar", "r50"),
+        _mk_weight_standardize,
+        lambda d, s: (2 * d["O"] * d["I"] * d["k"] ** 2 * s, 3 * d["O"] * d["I"] * d["k"] ** 2 * s), "GB/s"),
+    "groupnorm": OpSpec(
+        {"cifar": dict(B=128, C=64, H=16, G=16, relu=1), "imagenet": dict(B=32, C=256, H=56, G=32, relu=1),
+         "norelu": dict(B=128, C=64, H=16, G=16, relu=0)}, ("cifar",),
+        _mk_groupnorm, lambda d, s: (2 * d["B"] * d["C"] * d["H"] ** 2 * s, 3 * d["B"] * d["C"] * d["H"] ** 2 * s),
+        "GB/s"),
+    "max_pool2d": OpSpec(
+        {"cifar": dict(B=128, C=32, H=32, p=1), "stem": dict(B=32, C=64, H=112, p=1)}, ("cifar",),
+        _mk_max_pool2d,
+        lambda d, s: (1.25 * d["B"] * d["C"] * d["H"] ** 2 * s, 1.5 * d["B"] * d["C"] * d["H"] ** 2 * s), "GB/s"),
 }
 
 
@@ -345,9 +409,13 @@ def resolve_sizes(op, sizes):
     return chosen
 
 
-def run_case(op, impls, inputs, repeat=5, budget_s=3.0, out=print):
+def run_case(op, impls, inputs, repeat=5, budget_s=3.0, out=print, device="cpu"):
     """Check each implementation on one input set, then time the correct ones (interleaved);
-    the reference always runs first as the baseline. Returns the rows (WRONG ones untimed)."""
+    on the CPU the reference always runs first as the baseline. Returns the rows (WRONG ones
+    untimed). On the GPU (device "gpu") only the GPU versions are rows, checked through
+    kernels/gpu/timing.on_device and timed with CUDA events."""
+    if device == "gpu":
+        return _run_case_gpu(op, impls, inputs, repeat, budget_s, out)
     rows = []
     ref = _impl(op, "reference")
     for impl in [ref] + [i for i in impls if i.name != "reference"]:
@@ -365,22 +433,48 @@ def run_case(op, impls, inputs, repeat=5, budget_s=3.0, out=print):
     return rows
 
 
-def format_table(op, rows, work, unit):
+def _run_case_gpu(op, impls, inputs, repeat, budget_s, out):
+    from .gpu import timing
+
+    rows = []
+    for impl in impls:
+        result = check(op, timing.on_device(impl), inputs)
+        if not result.ok:
+            out(f"  {impl.name}: WRONG")
+            for line in result.lines:
+                out("    " + line)
+        rows.append(Row(impl.name, "ok" if result.ok else "WRONG", result))
+    ok = [i for i in impls if any(r.impl == i.name and r.status == "ok" for r in rows)]
+    timings = timing.time_impls(op, ok, inputs, repeat=repeat, warmup=1, budget_s=budget_s) if ok else {}
+    for r in rows:
+        r.timing = timings.get(r.impl)
+    return rows
+
+
+def format_table(op, rows, work, unit, peak=None):
+    """The table of one case; the "x" columns are against the first row (the reference on the
+    CPU, the default on the GPU); with `peak` (GFLOP/s or GB/s) a "% peak" column too."""
     base = rows[0].timing if rows and rows[0].timing else None
     head = ["impl", "fwd ms", "bwd ms", f"fwd {unit}", f"bwd {unit}", "x fwd", "x bwd", "max err", "status"]
+    if peak:
+        head.insert(5, "% peak")
     body = []
     for r in rows:
         t = r.timing
         if t is None:
-            body.append([r.impl, "-", "-", "-", "-", "-", "-", f"{r.check.max_rel:.1e}", r.status])
+            body.append([r.impl] + ["-"] * (len(head) - 3) + [f"{r.check.max_rel:.1e}", r.status])
             continue
         bwd = t.bwd_s
-        body.append([
+        cells = [
             r.impl, f"{t.fwd_s * 1e3:.3f}", "-" if bwd is None else f"{bwd * 1e3:.3f}",
             f"{work[0] / t.fwd_s / 1e9:.1f}", "-" if bwd is None else f"{work[1] / bwd / 1e9:.1f}",
             f"{base.fwd_s / t.fwd_s:.2f}" if base else "-",
             f"{base.bwd_s / bwd:.2f}" if base and bwd else "-",
-            f"{r.check.max_rel:.1e}", r.status])
+            f"{r.check.max_rel:.1e}", r.status]
+        if peak:
+            best = max(work[0] / t.fwd_s, work[1] / bwd if bwd else 0.0) / 1e9
+            cells.insert(5, f"{100 * best / peak:.0f}%")
+        body.append(cells)
     widths = [max(len(str(c)) for c in col) for col in zip(head, *body)]
     fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body])
@@ -408,12 +502,12 @@ def plot(results, path):
     plt.close(fig)
 
 
-def list_impls(out=print):
-    """Every registered implementation: * marks the default (registry.DEFAULTS), > what runs now
-    where that differs (MINIVIT_KERNELS, kernels.use(), or a backend that failed to import)."""
+def list_impls(out=print, device="cpu"):
+    """Every registered implementation on `device`: * marks the default (registry.DEFAULTS), > what
+    runs now where that differs (MINIVIT_KERNELS, kernels.use(), or a backend that failed to import)."""
     overridden = False
     for op in registry.OPS:
-        for i in registry.available(op):
+        for i in registry.available(op, device=device):
             now = registry.get(op, i.device).name if i.device in registry.DEFAULTS else None
             if i.name == registry.DEFAULTS.get(i.device, {}).get(op):
                 mark = "*"
@@ -429,20 +523,57 @@ def list_impls(out=print):
         out(f"the {device} backend failed to import: {type(e).__name__}: {e}")
 
 
+def _result_record(title, op, name, dims, dtype, rows, work, unit):
+    """One case of the table as JSON-ready data (--json)."""
+    out = []
+    for r in rows:
+        t = r.timing
+        out.append({"impl": r.impl, "status": r.status, "max_rel_err": r.check.max_rel,
+                    "fwd_ms": t.fwd_s * 1e3 if t else None,
+                    "bwd_ms": t.bwd_s * 1e3 if t and t.bwd_s is not None else None,
+                    f"fwd_{unit}": work[0] / t.fwd_s / 1e9 if t else None,
+                    f"bwd_{unit}": work[1] / t.bwd_s / 1e9 if t and t.bwd_s else None})
+    return {"title": title, "op": op, "preset": name, "dims": dims, "dtype": dtype, "unit": unit, "rows": out}
+
+
+def _start_device(device, out=print):
+    """None on the CPU; on the GPU the measured peaks (printed), or SystemExit(2) with one line
+    when CuPy or a GPU is missing."""
+    if device == "cpu":
+        return None
+    from .gpu import runtime, timing
+
+    try:
+        runtime.cupy()
+    except runtime.DeviceUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    peaks = timing.peaks()
+    out(f"device: {peaks['device']}; measured peaks: cuBLAS sgemm {peaks['sgemm_gflops']:.0f} GFLOP/s "
+        f"(TF32 {peaks['tf32_gflops']:.0f}), device copy {peaks['copy_gbs']:.0f} GB/s; cuBLAS rows run with "
+        f"TF32 {'on' if timing.tf32_enabled() else 'off'} (CUPY_TF32); the numbered kernels are plain FP32")
+    return peaks
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m kernels.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("ops", nargs="*", help=f"op(s) or 'all': {', '.join(SPECS)}")
-    p.add_argument("--impls", help="comma-separated implementation names (default: all on the CPU)")
+    p.add_argument("--impls", help="comma-separated implementation names (default: all on the device)")
     p.add_argument("--sizes", nargs="+", help="preset names and/or key=value overrides, e.g. N=256,hd=64")
     p.add_argument("--dtype", default="float32", help="float32, float64 or both comma-separated")
     p.add_argument("--repeat", type=int, default=5, help="timed runs per direction (median)")
     p.add_argument("--budget", type=float, default=3.0, help="stop repeating after this many seconds")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "gpu"],
+                   help="cpu (Numba and NumPy versions) or cuda (the CuPy/CUDA versions of kernels/gpu/)")
     p.add_argument("--plot", help="save a bar chart PNG here")
-    p.add_argument("--list", action="store_true", help="list the registered implementations")
+    p.add_argument("--json", help="save every case's rows as JSON here")
+    p.add_argument("--list", action="store_true", help="list the registered implementations of the device")
     args = p.parse_args(argv)
+    device = "cpu" if args.device == "cpu" else "gpu"
+    where = "on the CPU" if device == "cpu" else "on the GPU"
     if args.list:
-        list_impls()
+        list_impls(device=device)
         return 0
     if not args.ops:
         p.error("give an op (or 'all'), or --list")
@@ -451,30 +582,43 @@ def main(argv=None):
         if op not in SPECS:
             p.error(f"unknown op {op!r}; ops: {', '.join(SPECS)}")
     wanted = [s.strip() for s in args.impls.split(",")] if args.impls else None
-    results = []
+    peaks = _start_device(device)
+    results, records = [], []
     for op in ops:
-        impls = registry.available(op, device="cpu")
+        impls = registry.available(op, device=device)
         if wanted:
             missing = [w for w in wanted if w not in {i.name for i in impls}]
             if missing and len(ops) == 1:
-                p.error(f"{op}: no implementation {', '.join(missing)}; available: {', '.join(i.name for i in impls)}")
+                p.error(f"{op}: no implementation {', '.join(missing)} {where}; available: "
+                        f"{', '.join(i.name for i in impls)}")
             impls = [i for i in impls if i.name in wanted]
         if not impls and not wanted:
-            print(f"{op}: nothing registered on the CPU")
+            print(f"{op}: nothing registered {where}")
             continue
         for name, dims in resolve_sizes(op, args.sizes):
             for dtype in args.dtype.split(","):
                 rng = np.random.default_rng(args.seed)
                 inputs = SPECS[op].make(dims, np.dtype(dtype), rng)
                 title = f"{op} [{name}] {' '.join(f'{k}={v}' for k, v in dims.items())} {dtype}"
-                print(f"\n== {title}")
-                rows = run_case(op, impls, inputs, repeat=args.repeat, budget_s=args.budget)
+                print(f"\n== {title}" + ("" if device == "cpu" else " (cuda)"))
+                rows = run_case(op, impls, inputs, repeat=args.repeat, budget_s=args.budget, device=device)
                 work = SPECS[op].work(dims, np.dtype(dtype).itemsize)
-                print(format_table(op, rows, work, SPECS[op].unit))
+                unit = SPECS[op].unit
+                peak = None
+                if peaks and dtype == "float32":
+                    peak = peaks["sgemm_gflops"] if unit == "GFLOP/s" else peaks["copy_gbs"]
+                print(format_table(op, rows, work, unit, peak))
                 results.append((title, rows))
+                records.append(_result_record(title, op, name, dims, dtype, rows, work, unit))
     if args.plot and results:
         plot(results, args.plot)
         print(f"\nplot saved to {args.plot}")
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump({"device": peaks["device"] if peaks else "cpu", "peaks": peaks, "cases": records}, f, indent=1)
+        print(f"results saved to {args.json}")
     return 0
 
 

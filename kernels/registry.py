@@ -34,11 +34,22 @@ with a RuntimeWarning (once) that names the backend, the exception and the fix;
 reference, or kernels.use("reference")) is no fallback, so it does not warn. Adding a device is
 one line in BACKENDS and one section in DEFAULTS.
 
+The GPU (device "gpu": CuPy arrays; the user asks for it as "cuda"): kernels.gpu registers its
+versions without importing CuPy, so they are listed and DEFAULTS["gpu"] is checked on every
+machine, and `import kernels` never imports CuPy; CuPy is imported on the first launch, and a
+machine without CuPy or a GPU gets kernels.gpu.runtime.DeviceUnavailable saying which is missing.
+Nothing on the GPU falls back: every op has a GPU version (the hybrid models' conv ops as CuPy
+array calls, kernels/gpu/conv.py), and the NumPy reference never runs on GPU arrays. The reading
+mode `use("reference")` chooses CPU implementations only; on the GPU, `use("gpu_v1")` runs the
+first, simplest version of every op that has one (for most ops the reference's algorithm in CuPy
+array calls).
+
 Calling convention, the same for every op (see kernels/reference/__init__.py for each signature):
     out, cache = impl.forward(*arrays, **params)
     grads      = impl.backward(grad_out, cache)     # a tuple, one entry per array input
 `cache` is private to the implementation: a flash attention keeps the row log-sum-exp there,
-the reference keeps the full probability matrix.
+the reference keeps the full probability matrix. An implementation may also offer `foreach`, the
+op over lists of arrays in one call (the multi-tensor AdamW): minivit.optim uses it when present.
 """
 from __future__ import annotations
 
@@ -58,6 +69,10 @@ OPS = (
     "attention",
     "softmax_cross_entropy",
     "adamw_update",
+    "conv2d",
+    "weight_standardize",
+    "groupnorm",
+    "max_pool2d",
 )
 
 # What runs when nothing is chosen, per device. The measurements behind each choice are in the
@@ -66,19 +81,42 @@ DEFAULTS = {
     "cpu": {
         "matmul": "cpu_blas",                 # dense.py: = reference, 2-3x on long-reduction backward products
         "linear": "cpu_blas",                 # dense.py: the same products, fused bias add and sum
-        "patch_embed": "reference",           # dense.py: cpu_v1 is no faster as a whole op
+        "patch_embed": "cpu_v1",              # dense.py: its product on minivit's threads (threads.py)
         "layernorm": "cpu_v1",                # normact.py: as fast as v2, M*D less memory
         "gelu": "cpu_v3",                     # normact.py: vectorised float32 erf and exp
         "softmax": "cpu_v2",                  # normact.py: vectorised float32 exp
         "attention": "cpu_v3",                # attention.py: flash tiles; best fwd+bwd on the AMD box
         "softmax_cross_entropy": "cpu_v1",    # loss.py: the only Numba version
         "adamw_update": "cpu_v2",             # optim.py: serial below 32768 elements
+        "conv2d": "reference",                # conv.py: im2col + one BLAS product; cpu_v1 is no faster
+        "weight_standardize": "reference",    # conv.py: runs on weights only, nothing to gain
+        "groupnorm": "cpu_v1",                # conv.py: fused per (image, group)
+        "max_pool2d": "cpu_v1",               # conv.py: direct windows, no padded copy
+    },
+    # kernels/gpu/<file>.py. Chosen by design: no GPU was lent to the session that wrote them, so
+    # their measurements are owed (benchmarks/results/README.md); re-check each line against
+    # `python -m kernels.bench OP --device cuda` once they are measured.
+    "gpu": {
+        "matmul": "gpu_cublas",               # dense.py: v1-v3 are here to be read and timed against it
+        "linear": "gpu_cublas",               # dense.py: cuBLAS + one bias-add kernel
+        "patch_embed": "gpu_cublas",          # dense.py: one patchify copy + one cuBLAS product
+        "layernorm": "gpu_v2",                # normact.py: a warp per row, one launch forward
+        "gelu": "gpu_v2",                     # normact.py: one fused elementwise pass
+        "softmax": "gpu_v2",                  # normact.py: a warp per row
+        "attention": "gpu_v3",                # attention.py: flash tiles, memory linear in N
+        "softmax_cross_entropy": "gpu_v2",    # loss.py: loss and gradient in one pass
+        "adamw_update": "gpu_v3",             # optim.py: every parameter array in one launch
+        "conv2d": "gpu_v1",                   # conv.py: CuPy array calls, the only GPU version
+        "weight_standardize": "gpu_v1",       # conv.py: the same
+        "groupnorm": "gpu_v1",                # conv.py: the same
+        "max_pool2d": "gpu_v1",               # conv.py: the same
     },
 }
 
 # device -> (module that registers the device's kernels on import, the package it needs)
 BACKENDS = {
     "cpu": ("kernels.cpu", "numba"),
+    "gpu": ("kernels.gpu", "cupy-cuda13x"),  # registers without CuPy; CuPy loads on the first launch
 }
 
 REFERENCE = "reference"  # kernels/reference/: always importable (NumPy), the fallback on the CPU
@@ -92,6 +130,7 @@ class Impl:
     forward: Callable
     backward: Callable | None  # None for ops without a gradient (adamw_update)
     description: str
+    foreach: Callable | None = None  # the op on lists of arrays in one call (multi-tensor adamw_update)
 
 
 _TABLE: dict[str, dict[str, Impl]] = {op: {} for op in OPS}  # op -> name -> Impl
@@ -101,11 +140,11 @@ _WARNED: set[str] = set()  # devices whose fallback has been announced
 _LOADED = False
 
 
-def register(op, name, forward, backward=None, *, device="cpu", description=""):
+def register(op, name, forward, backward=None, *, device="cpu", description="", foreach=None):
     """Add one implementation to the table (a later registration with the same name replaces it).
     Whether it runs by default is decided by DEFAULTS, not here."""
     _check_op(op)
-    _TABLE[op][name] = Impl(op, name, device, forward, backward, description)
+    _TABLE[op][name] = Impl(op, name, device, forward, backward, description, foreach)
     return _TABLE[op][name]
 
 
@@ -144,7 +183,12 @@ def _backend_note(device="cpu"):
 
 
 def _names(op):
-    return ", ".join(sorted(_TABLE[op])) or "none"
+    """The registered names of op, the CPU's first: 'cpu_v1, reference; on the gpu: gpu_v1'."""
+    by_device = {}
+    for name in sorted(_TABLE[op]):
+        by_device.setdefault(_TABLE[op][name].device, []).append(name)
+    parts = [", ".join(by_device.pop("cpu", []))] + [f"on the {d}: {', '.join(n)}" for d, n in by_device.items()]
+    return "; ".join(p for p in parts if p) or "none"
 
 
 def find(op: str, name: str) -> Impl:

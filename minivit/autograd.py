@@ -15,17 +15,24 @@ backward then gets one gradient per output, None for an output no path reached.
 
 The primitive ops live here; `KernelOp` runs an op from the `kernels` registry (the fused ops
 in functional.py, and `@`), so swapping a kernel changes no model code.
+
+Arrays may be NumPy (CPU) or CuPy (GPU) arrays: every op here is written against the array's own
+module (`array_module`), and KernelOp fetches the kernel of the device its inputs are on. A
+NumPy array given to a kernel op whose other inputs are on the GPU is copied there (a batch of
+images meeting the model's weights); a parameter never moves by itself (minivit/device.py).
 """
 from __future__ import annotations
 
 import contextlib
-import sys
 import threading
 
 import numpy as np
 
 import kernels
 from kernels.reference.dense import unbroadcast  # the backward of NumPy broadcasting: sum over broadcast axes
+
+from . import device as _device
+from .device import array_module, device_of, to_device, to_host  # numpy or cupy; "cpu" or "gpu"
 
 _state = threading.local()
 
@@ -53,17 +60,8 @@ def enable_grad():
     return _grad_mode(True)
 
 
-def array_module(a):
-    """numpy, or cupy for a CuPy array (cupy is already imported when one exists)."""
-    return sys.modules["cupy"] if type(a).__module__.startswith("cupy") else np
-
-
 def _is_array(a) -> bool:
     return isinstance(a, np.ndarray) or type(a).__module__.startswith("cupy")
-
-
-def device_of(a) -> str:
-    return "cpu" if array_module(a) is np else "gpu"
 
 
 class Context:
@@ -125,6 +123,10 @@ class KernelOp(Function):
     op: str = ""
 
     @classmethod
+    def apply(cls, *inputs, **params):
+        return super().apply(*_on_one_device(cls.op, inputs), **params)
+
+    @classmethod
     def forward(cls, ctx, *arrays, **params):
         arrays = [_contiguous(a) if a is not None and a.dtype.kind == "f" else a for a in arrays]
         ctx.impl = kernels.get(cls.op, device_of(arrays[0]))
@@ -134,6 +136,26 @@ class KernelOp(Function):
     @staticmethod
     def backward(ctx, grad):
         return ctx.impl.backward(_contiguous(grad), ctx.cache)
+
+
+def _on_one_device(op, inputs):
+    """The inputs of a kernel op, all on one device: when one is on the GPU, NumPy arrays and
+    tensors without a gradient are copied there; a parameter (or any tensor that needs a
+    gradient) on the CPU is an error, since copying it would cut it off from its gradient."""
+    if not any(device_of(x.data if isinstance(x, Tensor) else x) == "gpu" for x in inputs):
+        return inputs
+    moved = []
+    for x in inputs:
+        a = x.data if isinstance(x, Tensor) else x
+        if not _is_array(a) or device_of(a) == "gpu":
+            moved.append(x)
+        elif isinstance(x, Tensor) and x.requires_grad:
+            raise RuntimeError(f"{op}: an input of shape {tuple(a.shape)} that needs a gradient is on the CPU while "
+                               "others are on the GPU; move the model with model.to('cuda') (or that tensor "
+                               "with .to('cuda'), which keeps its gradient)")
+        else:
+            moved.append(to_device(a, "gpu"))
+    return tuple(moved)
 
 
 def _contiguous(a):
@@ -191,10 +213,18 @@ class Tensor:
 
     def numpy(self):
         """The value as a NumPy array (copied from the GPU if needed)."""
-        return self.data if isinstance(self.data, np.ndarray) else self.data.get()
+        return to_host(self.data)
 
     def item(self):
+        """The value of a one-element tensor as a Python number (a copy from the GPU if needed)."""
         return self.data.item()
+
+    def to(self, device):
+        """This tensor on `device` ("cpu", "cuda"): itself when already there, else a copy whose
+        gradient flows back to this tensor's device."""
+        if device_of(self.data) == _device.resolve(device):
+            return self
+        return ToDevice.apply(self, device=_device.require(device))
 
     def detach(self):
         return Tensor(self.data)
@@ -589,6 +619,17 @@ def stack(tensors, axis=0) -> Tensor:
 def _insert_axis(shape, axis):
     axis = axis % (len(shape) + 1)
     return tuple(shape[:axis]) + (1,) + tuple(shape[axis:])
+
+
+class ToDevice(Function):
+    @staticmethod
+    def forward(ctx, a, device):
+        ctx.device = device_of(a)
+        return to_device(a, device)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return to_device(grad, ctx.device)
 
 
 class Cast(Function):

@@ -16,6 +16,7 @@ import numpy as np
 
 from . import rng
 from .autograd import Function, KernelOp, MatMul, Tensor, array_module
+from .device import device_of, to_host
 
 
 class Linear(KernelOp):
@@ -97,18 +98,19 @@ def cross_entropy(logits, labels, label_smoothing=0.0) -> Tensor:
     label smoothing; the same function as torch.nn.functional.cross_entropy."""
     labels = labels.data if isinstance(labels, Tensor) else labels
     logits = logits if isinstance(logits, Tensor) else Tensor(logits)
-    xp = array_module(logits.data)
-    labels = xp.asarray(labels)
+    labels = labels if device_of(labels) == "gpu" else np.asarray(labels)
     if labels.dtype.kind not in "iu":
         raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
-    labels = labels.astype(np.int64, copy=False)
     if labels.ndim != 1 or labels.shape[0] != logits.shape[0]:
         raise ValueError(f"labels should have shape ({logits.shape[0]},) to match logits {tuple(logits.shape)}, "
                          f"got {tuple(labels.shape)}")
     num_classes = logits.shape[-1]
-    if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes - 1}] for {num_classes} classes, "
-                         f"got values in [{int(labels.min())}, {int(labels.max())}]")
+    if labels.size:  # checked where the labels are: host labels cost no copy from the GPU
+        low, high = (int(v) for v in to_host(array_module(labels).stack([labels.min(), labels.max()])))
+        if low < 0 or high >= num_classes:
+            raise ValueError(f"labels must lie in [0, {num_classes - 1}] for {num_classes} classes, "
+                             f"got values in [{low}, {high}]")
+    labels = array_module(logits.data).asarray(labels).astype(np.int64, copy=False)  # on the logits' device
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing}")
     return SoftmaxCrossEntropy.apply(logits, labels, label_smoothing=float(label_smoothing))
@@ -152,6 +154,96 @@ def drop_path(x, p=0.0, training=True) -> Tensor:
 
 
 def _keep_mask(shape, p, dtype, like):
+    """1 / (1 - p) where an element is kept, 0 where dropped, on like's device. On the GPU the mask
+    is drawn there from one seed taken from minivit.rng (kernels/gpu/dropout.py): no mask is
+    copied from the host, and a resumed run, whose checkpoint restored minivit.rng, draws the same."""
+    if array_module(like) is not np:
+        from kernels.gpu.dropout import keep_mask
+
+        return keep_mask(shape, p, dtype, seed=int(rng.generator().integers(2**63)))
     keep = rng.generator().random(shape, dtype=np.float32) >= p
-    mask = keep.astype(dtype) * np.asarray(1.0 / (1.0 - p), dtype=dtype)
-    return mask if array_module(like) is np else array_module(like).asarray(mask)
+    return keep.astype(dtype) * np.asarray(1.0 / (1.0 - p), dtype=dtype)
+
+
+# ---- convolutional ops (BiT's ResNetV2 and the hybrid ViT's stem; kernels/reference/conv.py) ----
+# Extra shape letters here: O output channels, kh/kw kernel size, G groups.
+
+class Conv2d(KernelOp):
+    op = "conv2d"
+
+
+class WeightStandardize(KernelOp):
+    op = "weight_standardize"
+
+
+class GroupNorm(KernelOp):
+    op = "groupnorm"
+
+
+class MaxPool2d(KernelOp):
+    op = "max_pool2d"
+
+
+def _pair(v):
+    return (int(v), int(v)) if np.isscalar(v) else tuple(int(a) for a in v)
+
+
+def conv_padding(padding, size, kernel, stride):
+    """(top, bottom, left, right) from an int, a pair (ph, pw), a 4-tuple, or "same": TensorFlow's
+    SAME (output size ceil(size / stride), the odd pixel of padding at the bottom / right), as
+    timm's StdConv2dSame and MaxPool2dSame pad for the hybrid ViT's ResNet."""
+    if isinstance(padding, str):
+        if padding != "same":
+            raise ValueError(f"padding must be a number, a pair, a 4-tuple or 'same', got {padding!r}")
+        out = []
+        for n, k, s in zip(size, kernel, stride):
+            total = max((-(-n // s) - 1) * s + k - n, 0)
+            out += [total // 2, total - total // 2]
+        return tuple(out)
+    p = (int(padding),) * 4 if np.isscalar(padding) else tuple(int(a) for a in padding)
+    if len(p) == 2:
+        p = (p[0], p[0], p[1], p[1])
+    if len(p) != 4 or min(p) < 0:
+        raise ValueError(f"padding must be >= 0: an int, (ph, pw) or (top, bottom, left, right), got {padding!r}")
+    return p
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0) -> Tensor:
+    """2D convolution (cross-correlation, as PyTorch's): x (B, C, H, W), weight (O, C, kh, kw),
+    bias (O,) or None -> (B, O, Ho, Wo). stride: int or pair; padding: see conv_padding."""
+    if x.ndim != 4 or weight.ndim != 4 or x.shape[1] != weight.shape[1]:
+        raise ValueError(f"conv2d wants x (B, C, H, W) and weight (O, C, kh, kw), got {tuple(x.shape)} and "
+                         f"{tuple(weight.shape)}")
+    stride = _pair(stride)
+    padding = conv_padding(padding, x.shape[2:], weight.shape[2:], stride)
+    return Conv2d.apply(x, weight, bias, stride=stride, padding=padding)
+
+
+def weight_standardize(weight, eps=1e-6) -> Tensor:
+    """Each output channel's weights (weight[o], all but the first axis) shifted and scaled to zero
+    mean and unit (biased) variance: BiT's StdConv2d (Qiao et al. 2019), eps inside the sqrt."""
+    return WeightStandardize.apply(weight, eps=float(eps))
+
+
+def group_norm(x, weight, bias, groups, eps=1e-5, relu=False) -> Tensor:
+    """GroupNorm (Wu & He 2018) as torch.nn.functional.group_norm: x (B, C, ...) normalised over
+    each group of C/G channels and all positions, then weight[c] * xhat + bias[c]; relu=True
+    applies ReLU in the same kernel (timm's GroupNormAct)."""
+    if x.shape[1] % groups:
+        raise ValueError(f"group_norm: {x.shape[1]} channels do not split into {groups} groups")
+    return GroupNorm.apply(x, weight, bias, groups=int(groups), eps=float(eps), relu=bool(relu))
+
+
+def max_pool2d(x, kernel_size=3, stride=2, padding=0, pad_value=-math.inf) -> Tensor:
+    """Max over kh x kw windows at a stride: x (B, C, H, W) -> (B, C, Ho, Wo). The padding (see
+    conv_padding) holds pad_value: -inf as PyTorch's MaxPool2d; 0 for BiT's stem, which pads with
+    ConstantPad2d(1, 0) and then pools unpadded."""
+    kernel, stride = _pair(kernel_size), _pair(stride)
+    padding = conv_padding(padding, x.shape[2:], kernel, stride)
+    return MaxPool2d.apply(x, kernel=kernel, stride=stride, padding=padding, pad_value=float(pad_value))
+
+
+def relu(x) -> Tensor:
+    """max(x, 0), composed: x times the constant mask (x > 0), so the gradient is the mask (0 at 0)."""
+    data = x.data if isinstance(x, Tensor) else x
+    return x * (data > 0).astype(data.dtype)

@@ -1,6 +1,6 @@
 """Modules: containers of parameters and sub-modules with PyTorch's names and behaviour
 (`parameters()`, `named_parameters()`, `state_dict()`, `load_state_dict()`, `train()`, `eval()`,
-`zero_grad()`), plus the layers a ViT is made of: Linear, LayerNorm, Dropout, DropPath.
+`zero_grad()`, `to(device)`), plus the layers a ViT is made of: Linear, LayerNorm, Dropout, DropPath.
 """
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from . import device as _device
 from . import functional as F
 from . import rng
 from .autograd import Tensor, array_module
@@ -95,6 +96,22 @@ class Module:
             p.grad = None
         return self
 
+    def to(self, device):
+        """Move the model to `device` ("cpu" or "cuda") in place and return it: every parameter
+        (and gradient) and every constant array a module holds, directly or in a plain helper
+        object (a fixed sin-cos table, a relative-position index). Parameters stay the same
+        objects, so an optimizer made earlier still holds them (its state follows them at its
+        next step). On the device already: nothing is copied. No GPU: DeviceUnavailable, before
+        anything moves."""
+        device = _device.require(device)
+        for p in self.parameters():
+            p.data = _device.to_device(p.data, device)
+            if p.grad is not None:
+                p.grad = _device.to_device(p.grad, device)
+        for m in self.modules():
+            _move_constants(m, device, depth=1)
+        return self
+
     # ---- state dicts ----------------------------------------------------------------------
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
         """{name: array} with timm's names; the arrays are the live parameter arrays."""
@@ -138,11 +155,29 @@ class Module:
 
 
 def _to_like(value, like):
-    """`value` as an owned array with `like`'s dtype and device."""
-    value = value.numpy() if hasattr(value, "numpy") and not isinstance(value, np.ndarray) else value
-    if isinstance(like, np.ndarray):
-        return np.array(value, dtype=like.dtype, copy=True)
+    """`value` as an owned array with `like`'s dtype and device (a checkpoint's host arrays load
+    into GPU parameters, a GPU model's state dict into a CPU one)."""
+    value = value.numpy() if isinstance(value, Tensor) or type(value).__module__.startswith("torch") else value
+    if _device.device_of(like) == "cpu":
+        return np.array(_device.to_host(value), dtype=like.dtype, copy=True)
     return array_module(like).array(value, dtype=like.dtype, copy=True)
+
+
+def _move_constants(obj, device, depth):
+    """Move the arrays (and gradient-free tensors) that obj holds as attributes to `device`; look
+    `depth` levels into plain minivit helper objects (posemb's), never into Modules (they are
+    visited themselves) or Parameters (moved by Module.to)."""
+    for name, value in list(vars(obj).items()):
+        if isinstance(value, (Module, Parameter)) or name in ("_parameters", "_modules"):
+            continue
+        if isinstance(value, np.ndarray) or _device.device_of(value) == "gpu":  # a NumPy or a CuPy array
+            moved = _device.to_device(value, device)
+            if moved is not value:
+                object.__setattr__(obj, name, moved)
+        elif isinstance(value, Tensor):
+            value.data = _device.to_device(value.data, device)
+        elif depth and type(value).__module__.startswith("minivit.") and hasattr(value, "__dict__"):
+            _move_constants(value, device, depth - 1)
 
 
 class ModuleList(Module):

@@ -5,8 +5,14 @@
 
 SGD (momentum, Nesterov), Adam (L2 penalty added to the gradient) and AdamW (decoupled weight
 decay, Loshchilov & Hutter 2019). The AdamW update itself is the `adamw_update` kernel, so the
-Numba version runs it in one fused pass. Schedules: linear warm-up, then cosine or linear decay
-(the paper's fine-tuning and pre-training schedules, Appendix B.1).
+Numba version runs it in one fused pass, and on the GPU one multi-tensor launch updates every
+parameter of a step (the kernel's `foreach`). Schedules: linear warm-up, then cosine or linear
+decay (the paper's fine-tuning and pre-training schedules, Appendix B.1).
+
+Devices: optimizer state lives on its parameter's device (made there; loaded there from a
+checkpoint's host arrays; moved there at the next step if the model was moved after the
+optimizer was made). On the GPU, clip_grad_norm_ computes the norm and scales the gradients
+without copying anything to the host, and returns the norm as a 0-d GPU array.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import numpy as np
 
 import kernels
 
-from .autograd import device_of
+from .device import array_module, device_of, to_device, to_host
 
 
 class Optimizer:
@@ -46,7 +52,7 @@ class Optimizer:
     def step(self):
         for i, group, p in self._params():
             if p.grad is not None:
-                self._update(p, p.grad, self.state.setdefault(i, {}), group)
+                self._update(p, p.grad, _follow(self.state.setdefault(i, {}), p.data), group)
 
     def _update(self, p, g, state, group):
         raise NotImplementedError
@@ -70,7 +76,23 @@ class Optimizer:
         for i, s in state_dict["state"].items():
             i = int(i)
             like = params[i].data
-            self.state[i] = {k: (np.array(v, dtype=like.dtype) if np.ndim(v) else v) for k, v in s.items()}
+            self.state[i] = {k: (_array_like(v, like) if np.ndim(v) else v) for k, v in s.items()}
+
+
+def _array_like(value, like):
+    """A copy of value with like's dtype, on like's device."""
+    if device_of(like) == "cpu":
+        return np.array(to_host(value), dtype=like.dtype)
+    return array_module(like).array(value, dtype=like.dtype)
+
+
+def _follow(state, like):
+    """The state's arrays moved to like's device where they are elsewhere; returns state."""
+    where = device_of(like)
+    for key, value in state.items():
+        if np.ndim(value) and device_of(value) != where:
+            state[key] = to_device(value, where)
+    return state
 
 
 class SGD(Optimizer):
@@ -104,18 +126,36 @@ class AdamW(Optimizer):
             raise ValueError(f"betas must lie in [0, 1), got {betas}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
 
-    def _update(self, p, g, state, group):
-        if not state:
-            state.update(step=0, exp_avg=np.zeros_like(p.data), exp_avg_sq=np.zeros_like(p.data))
-        state["step"] += 1
-        wd = group["weight_decay"]
-        if not self.decoupled and wd:
-            g = g + wd * p.data  # Adam's L2 penalty goes through the moments
-            wd = 0.0
-        beta1, beta2 = group["betas"]
-        kernels.get("adamw_update", device_of(p.data)).forward(
-            p.data, g, state["exp_avg"], state["exp_avg_sq"], lr=group["lr"], beta1=beta1, beta2=beta2,
-            eps=group["eps"], weight_decay=wd, step=state["step"])
+    def step(self):
+        """Update every parameter that has a gradient: the kernel once per parameter, or once
+        for all of them (of one device and dtype) where it takes lists (`foreach`)."""
+        todo = {}  # (device, dtype) -> [(p, g, state, group, weight decay)]
+        for i, group, p in self._params():
+            if p.grad is None:
+                continue
+            state = _follow(self.state.setdefault(i, {}), p.data)
+            if not state:
+                xp = array_module(p.data)
+                state.update(step=0, exp_avg=xp.zeros_like(p.data), exp_avg_sq=xp.zeros_like(p.data))
+            state["step"] += 1
+            g, wd = p.grad, group["weight_decay"]
+            if not self.decoupled and wd:
+                g = g + wd * p.data  # Adam's L2 penalty goes through the moments
+                wd = 0.0
+            todo.setdefault((device_of(p.data), p.data.dtype), []).append((p, g, state, group, wd))
+        for (device, _), items in todo.items():
+            impl = kernels.get("adamw_update", device)
+            if impl.foreach is not None:
+                impl.foreach([p.data for p, *_ in items], [g for _, g, *_ in items],
+                             [s["exp_avg"] for _, _, s, _, _ in items], [s["exp_avg_sq"] for _, _, s, _, _ in items],
+                             lr=[grp["lr"] for *_, grp, _ in items], beta1=[grp["betas"][0] for *_, grp, _ in items],
+                             beta2=[grp["betas"][1] for *_, grp, _ in items], eps=[grp["eps"] for *_, grp, _ in items],
+                             weight_decay=[wd for *_, wd in items], step=[s["step"] for _, _, s, _, _ in items])
+                continue
+            for p, g, state, group, wd in items:
+                beta1, beta2 = group["betas"]
+                impl.forward(p.data, g, state["exp_avg"], state["exp_avg_sq"], lr=group["lr"], beta1=beta1,
+                             beta2=beta2, eps=group["eps"], weight_decay=wd, step=state["step"])
 
 
 class Adam(AdamW):
@@ -127,17 +167,33 @@ class Adam(AdamW):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 
-def clip_grad_norm_(parameters, max_norm: float) -> float:
+def clip_grad_norm_(parameters, max_norm: float):
     """Scale all gradients together so that their global L2 norm is at most max_norm; returns the
-    norm before clipping (as torch.nn.utils.clip_grad_norm_)."""
+    norm before clipping (as torch.nn.utils.clip_grad_norm_): a float on the CPU, a 0-d array on
+    the GPU, where neither the norm nor the factor is copied to the host."""
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return 0.0
+    if device_of(grads[0]) == "gpu":
+        return _clip_on_device(grads, max_norm)
     total = math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads))
     scale = max_norm / (total + 1e-6)
     if scale < 1.0:
         for g in grads:
             g *= g.dtype.type(scale)
+    return total
+
+
+def _clip_on_device(grads, max_norm):
+    """Two multi-tensor launches (kernels/gpu/optim.py): the norm, then every gradient times
+    min(1, max_norm / (norm + 1e-6)), a factor the second launch reads from device memory."""
+    from kernels.gpu import optim as gpu_optim
+
+    if any(device_of(g) != "gpu" for g in grads):
+        raise ValueError("clip_grad_norm_: gradients on both the CPU and the GPU; move the model to one device")
+    xp = array_module(grads[0])
+    total = gpu_optim.global_norm(grads)  # 0-d float64 on the device
+    gpu_optim.scale_(grads, xp.minimum(1.0, max_norm / (total + 1e-6)))
     return total
 
 

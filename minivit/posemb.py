@@ -239,3 +239,13 @@ def interpolate_grid(emb, old_grid, new_grid):
     rows = grid[y0] * (1 - wy)[:, :, None] + grid[y1] * wy[:, :, None]  # (nh, ow, D)
     out = rows[:, x0] * (1 - wx)[None] + rows[:, x1] * wx[None]  # (nh, nw, D)
     return out.reshape(nh * nw, -1).astype(emb.dtype)
+
+
+def resize_pos_embed(pos_embed, old_grid, new_grid, num_prefix_tokens):
+    """(L, prefix + gh*gw, D) -> (L, prefix + gh'*gw', D) by bilinear interpolation of the grid part
+    (L = 1, or one embedding per block); the prefix (class token) rows are kept."""
+    if tuple(old_grid) == tuple(new_grid):
+        return pos_embed
+    return np.stack([np.concatenate([layer[:num_prefix_tokens],
+                                     interpolate_grid(layer[num_prefix_tokens:], old_grid, new_grid)])
+                     for layer in pos_embed])

@@ -27,9 +27,13 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from . import device as _device
 from . import functional as F
 from . import nn, posemb
 from .autograd import Tensor, broadcast_to, concatenate
+
+
+RESIZABLE_POS_EMBEDS = ("learn", "sincos", "none")  # the kinds ViT.set_img_size resizes
 
 
 def config_from_dict(cls, d, what):
@@ -328,7 +332,7 @@ class ViT(nn.Module):
         return x
 
     def _check_input(self, x):
-        data = x.data if isinstance(x, Tensor) else x if hasattr(x, "__array_namespace__") else np.asarray(x)
+        data = x.data if isinstance(x, Tensor) else x if _device.device_of(x) == "gpu" else np.asarray(x)
         cfg = self.config
         if data.ndim != 4:
             hint = " (add a batch axis: x[None])" if data.ndim == 3 else ""
@@ -359,6 +363,28 @@ class ViT(nn.Module):
         self.posemb.astype(dtype)
         return self
 
+    def set_img_size(self, img_size):
+        """Take img_size x img_size images from now on, with the same patch size and weights (for
+        training at a low resolution first; `minivit.train.resolution`). The patch grid changes:
+        a learned position embedding ("learn") is resampled bilinearly to it, the class token's row
+        kept, as for fine-tuning at a higher resolution (Sec. 3.2); a sin-cos table is recomputed.
+        The Parameter stays the same object (an optimizer holds it), with a new array."""
+        cfg = self.config
+        if cfg.pos_embed not in RESIZABLE_POS_EMBEDS:
+            raise ValueError(f"set_img_size supports pos_embed in {RESIZABLE_POS_EMBEDS}, not {cfg.pos_embed!r}")
+        new = dataclasses.replace(cfg, img_size=img_size)  # a ValueError if the patches do not tile it
+        old_grid, prefix = self.grid_size, self.num_prefix_tokens
+        self.config, self.grid_size = new, new.grid_size
+        self.num_tokens = prefix + self.grid_size[0] * self.grid_size[1]
+        if cfg.pos_embed == "learn":
+            p = self.pos_embed  # (L, prefix + gh*gw, D), L = 1 or depth
+            resized = posemb.resize_pos_embed(_device.to_host(p.data), old_grid, self.grid_size, prefix)
+            p.data = _device.to_device(resized, _device.device_of(p.data))  # (L, prefix + gh'*gw', D)
+        elif cfg.pos_embed == "sincos":
+            self.posemb = posemb.create(new, self.grid_size, prefix, self.dtype)
+            self.to(_device.device_of(self.parameters()[0].data))  # the new table where the weights are
+        return self
+
     def reset_classifier(self, num_classes):
         """A new zero-initialised D x K head for fine-tuning (the pre-logits layer is dropped)."""
         cfg = self.config
@@ -374,3 +400,36 @@ class ViT(nn.Module):
         c = self.config
         return (f"img_size={c.img_size}, patch_size={c.patch_size}, embed_dim={c.embed_dim}, depth={c.depth}, "
                 f"num_heads={c.num_heads}, num_classes={c.num_classes}, params={self.num_parameters():,}")
+
+
+# ---- mimetic initialisation ----------------------------------------------------------------------
+def mimetic_init(model, rng, alpha1=0.7, beta1=0.7, alpha2=0.4, beta2=0.4):
+    """Initialise every block's attention as Trockman & Kolter, "Mimetic Initialization of
+    Self-Attention Layers" (ICML 2023) do, so that it starts looking like the attention of a
+    pre-trained ViT: per head h the query-key product, and over all heads the value-output
+    product, are set to a small random matrix plus or minus the identity,
+
+        W_q^h W_k^h^T ~ alpha1 Z_h + beta1 I    (D, D): a token attends to tokens like itself
+        W_v W_proj    ~ alpha2 Z   - beta2 I    (D, D): attention subtracts what it averages,
+
+    with Z entries drawn from N(0, 1/D). Each product is factored by its SVD, M = U S V^T:
+    W_q^h = U_hd S_hd^1/2 and W_k^h = V_hd S_hd^1/2 from the top hd singular values (the best
+    rank-hd fit, hd = D / Hh), W_v = U S^1/2 and W_proj = S^1/2 V^T (exact, full rank). Here x is a
+    row, q = x W_q, so the (out, in) Linear weights hold the transposes. Biases stay zero; all
+    other weights keep their init. The alphas and betas are options to tune (TrainConfig's
+    init="mimetic" takes these defaults). rng: a NumPy Generator (the library's, for
+    reproducibility)."""
+    for block in model.blocks:
+        attn = block.attn
+        qkv, proj = attn.qkv.weight, attn.proj.weight  # (3D, D) rows [q; k; v]; (D, D)
+        D, hd = proj.shape[0], attn.head_dim
+        eye = np.eye(D)
+        for h in range(attn.num_heads):
+            U, S, Vt = np.linalg.svd(alpha1 * rng.standard_normal((D, D)) / np.sqrt(D) + beta1 * eye)
+            root = np.sqrt(S[:hd])
+            qkv.data[h * hd:(h + 1) * hd] = (U[:, :hd] * root).T.astype(qkv.data.dtype)  # W_q^h^T (hd, D)
+            qkv.data[D + h * hd:D + (h + 1) * hd] = (Vt[:hd].T * root).T.astype(qkv.data.dtype)  # W_k^h^T
+        U, S, Vt = np.linalg.svd(alpha2 * rng.standard_normal((D, D)) / np.sqrt(D) - beta2 * eye)
+        qkv.data[2 * D:] = (U * np.sqrt(S)).T.astype(qkv.data.dtype)  # W_v^T (D, D)
+        proj.data[:] = (np.sqrt(S)[:, None] * Vt).T.astype(proj.data.dtype)  # W_proj^T (D, D)
+    return model

@@ -9,7 +9,8 @@ from PIL import Image
 from minivit import rng as mrandom
 from minivit.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from minivit.cli import main
-from minivit.train.finetune import adapt_state_dict, init_from_checkpoint, resize_pos_embed
+from minivit.posemb import resize_pos_embed
+from minivit.train.finetune import adapt_state_dict, init_from_checkpoint
 from minivit.train import TrainConfig, Trainer
 from minivit.posemb import interpolate_grid
 from minivit.vit import ViT

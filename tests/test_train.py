@@ -18,7 +18,7 @@ from minivit import data as mdata
 from minivit.train.checkpoint import CheckpointError, load_checkpoint
 from minivit.variants import create_model
 from minivit.train import TrainConfig, Trainer, build_optimizer, evaluate, param_groups
-from minivit.train.trainer import _interrupt_flag
+from minivit.train.progress import interrupt_flag as _interrupt_flag
 
 TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 32, "patch_size": 8}
 # dropout, attention dropout and drop-path all draw from the library RNG: a resume must restore it

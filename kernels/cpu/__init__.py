@@ -4,14 +4,10 @@ Every module opens with the story of its versions (idea and measured result), in
 llm.c's dev/cuda. Importing this package needs Numba; without it the registry warns (naming the
 ImportError) and runs the NumPy references instead (kernels/registry.py, BACKENDS).
 """
-import os
+import numba  # noqa: F401  (an ImportError here is the registry's "cpu backend failed" warning)
 
-# Read by libgomp when Numba starts its OpenMP pool (the first parallel launch, not import): pool
-# threads sleep at once instead of spinning between launches. With spinning threads on a busy
-# 2-core machine one prange launch cost either 3 us or 12 ms (median 12 ms), as the spinning pool
-# fought OpenBLAS's threads; passive costs a steady ~11 us.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from .threads import choose_threading_layer  # noqa: E402
 
-import numba  # noqa: E402,F401  (an ImportError here is the registry's "cpu backend failed" warning)
+choose_threading_layer()  # before the first parallel launch: see threads.py
 
-from . import attention, dense, loss, normact, optim  # noqa: E402,F401  (each registers its versions)
+from . import attention, conv, dense, loss, normact, optim  # noqa: E402,F401  (each registers its versions)

@@ -61,8 +61,8 @@ second (1.5x v1 forward, 1.4x backward) and the only one whose memory stays line
 Mind OpenBLAS's idle threads: they spin for about 0.1 s after each call and slow a Numba
 kernel started in that window, up to 1.8x (v3's long forward: 60 ms with
 OPENBLAS_THREAD_TIMEOUT=4, the shortest spin, against the 86 above). The timings above were
-taken with the spin; since then `import kernels` sets OPENBLAS_THREAD_TIMEOUT=4 by default
-(kernels/__init__.py), which took a whole training step from 0.93x to about 1.08x PyTorch's.
+taken with the spin. Since then cpu_blas's products run on minivit's own threads with
+single-threaded BLAS (threads.py), so OpenBLAS's pool is never woken and never spins.
 
 One exp. v3 and cpu_blas used their own exp (_exp_shifted: a Taylor series, 2^k written through
 a scratch int32 view, then a second pass); they now call fastmath.exp_shifted, the Cephes
@@ -92,6 +92,7 @@ import numpy as np
 from numba import get_thread_id, njit, prange
 
 from ..registry import register
+from . import threads
 from .fastmath import exp_shifted
 
 # B=batch, Hh=heads, N=tokens, hd=head dim. The kernels see the heads flattened: BH = B*Hh,
@@ -523,18 +524,18 @@ def v3_backward(dout, cache):
 
 def blas_forward(q, k, v, scale):
     q, k, v, scale = _checked(q, k, v, scale)
-    p = np.matmul(q, np.swapaxes(k, -1, -2))  # (B, Hh, N, N)
+    p = threads.matmul(q, np.swapaxes(k, -1, -2))  # (B, Hh, N, N)
     _softmax_heads(*_heads(p), scale)
-    return np.matmul(p, v), (q, k, v, p, scale)
+    return threads.matmul(p, v), (q, k, v, p, scale)
 
 
 def blas_backward(dout, cache):
     q, k, v, p, scale = cache
     dout = np.ascontiguousarray(dout, dtype=q.dtype)
-    dv = np.matmul(np.swapaxes(p, -1, -2), dout)
-    ds = np.matmul(dout, np.swapaxes(v, -1, -2))  # (B, Hh, N, N) dP, made dS in place
+    dv = threads.matmul(np.swapaxes(p, -1, -2), dout)
+    ds = threads.matmul(dout, np.swapaxes(v, -1, -2))  # (B, Hh, N, N) dP, made dS in place
     _dsoftmax_heads(*_heads(p, ds), scale)
-    return np.matmul(ds, k), np.matmul(np.swapaxes(ds, -1, -2), q), dv
+    return threads.matmul(ds, k), threads.matmul(np.swapaxes(ds, -1, -2), q), dv
 
 
 register("attention", "cpu_v1", v1_forward, v1_backward,

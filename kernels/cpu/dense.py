@@ -64,6 +64,7 @@ from numba import njit, prange
 from ..reference import dense as reference
 from ..reference.dense import unbroadcast
 from ..registry import register
+from . import threads
 
 
 # reassoc lets LLVM split a dot product over SIMD lanes; contract fuses a*b+c into an FMA.
@@ -146,9 +147,9 @@ def _blas(a, b):
     both min of 7), so compute C^T = B^T A^T there and transpose the small result back."""
     M, Din, Dout = a.shape[-2], a.shape[-1], b.shape[-1]
     if M < Dout and Din >= 4 * Dout:  # e.g. linear's dw = g.T @ x for fc2: (192 x 8320) @ (8320 x 768)
-        ct = np.matmul(np.swapaxes(b, -1, -2), np.swapaxes(a, -1, -2))  # (..., Dout, M)
+        ct = threads.matmul(np.swapaxes(b, -1, -2), np.swapaxes(a, -1, -2))  # (..., Dout, M)
         return np.ascontiguousarray(np.swapaxes(ct, -1, -2))
-    return np.matmul(a, b)
+    return threads.matmul(a, b)
 
 
 # ---------------------------------------------------------------- matmul with np.matmul semantics

@@ -16,9 +16,16 @@ tuple with one gradient per array input, None where an input was None):
     adamw_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step)
                                               in place on p, m, v (torch.optim.AdamW semantics);
                                               no backward
+    conv2d(x, w, b, stride, padding)          x (B, C, H, W), w (O, C, kh, kw), b (O,)|None, stride (sh, sw),
+                                              padding (top, bottom, left, right) -> (B, O, Ho, Wo)
+    weight_standardize(w, eps)                per output channel (row of w.reshape(O, -1)): zero mean, unit var
+    groupnorm(x, w, b, groups, eps, relu)     x (B, C, ...), w, b (C,): normalised per (image, group of C/G),
+                                              then ReLU if relu
+    max_pool2d(x, kernel, stride, padding, pad_value)
+                                              x (B, C, H, W) -> (B, C, Ho, Wo); backward returns (dx,)
 """
 from ..registry import register
-from . import attention, dense, loss, normact, optim
+from . import attention, conv, dense, loss, normact, optim
 
 _RUN = "NumPy reference"
 register("matmul", "reference", dense.matmul_forward, dense.matmul_backward, description=f"{_RUN}: np.matmul (BLAS)")
@@ -34,3 +41,11 @@ register("attention", "reference", attention.attention_forward, attention.attent
 register("softmax_cross_entropy", "reference", loss.softmax_cross_entropy_forward, loss.softmax_cross_entropy_backward,
          description=f"{_RUN}: log-softmax, smoothed targets")
 register("adamw_update", "reference", optim.adamw_update, None, description=f"{_RUN}: AdamW in a few array expressions")
+register("conv2d", "reference", conv.conv2d_forward, conv.conv2d_backward,
+         description=f"{_RUN}: im2col by a strided view, one matmul for the batch, col2im by kh*kw slice adds")
+register("weight_standardize", "reference", conv.weight_standardize_forward, conv.weight_standardize_backward,
+         description=f"{_RUN}: mean/var per output channel (rows of w.reshape(O, -1))")
+register("groupnorm", "reference", conv.groupnorm_forward, conv.groupnorm_backward,
+         description=f"{_RUN}: mean/var per (image, group) over x.reshape(B, G, -1)")
+register("max_pool2d", "reference", conv.max_pool2d_forward, conv.max_pool2d_backward,
+         description=f"{_RUN}: argmax over a strided window view, np.add.at backward")

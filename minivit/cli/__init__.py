@@ -6,11 +6,13 @@ kernels, models, recipes.
     minivit train --resume --out runs/cifar          # continue exactly where it stopped
     minivit eval runs/cifar/best.npz
     minivit predict runs/cifar/best.npz cat.jpg
+    minivit train --device cuda ...                  # on an NVIDIA GPU (pip install -e '.[gpu]')
 
 Numbers that make no sense (`--top 0`, `--batch-size -1`, `--lr nan`) are refused while the
 arguments are parsed, with argparse's usage message; anything else a user can get wrong (a
 missing or damaged file, an inconsistent dataset, a crafted checkpoint) ends in one line
-"error: ..." on stderr and exit status 2, never a traceback (MINIVIT_DEBUG=1 shows it).
+"error: ..." on stderr and exit status 2, never a traceback (MINIVIT_DEBUG=1 shows it); so
+does `--device cuda` where CuPy or a GPU is missing ("error: cuda requested but ...").
 """
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ import argparse
 import os
 import sys
 
-from .args import (DATASETS, add_train_args, shown, name_list, nonnegative_int, positive_float, positive_int,
-                   positive_int_list, train_config_from_args)
+from .args import (DATASETS, add_device_arg, add_train_args, shown, name_list, nonnegative_int, positive_float,
+                   positive_int, positive_int_list, train_config_from_args)
 from .checkpoints import cmd_analyze, cmd_convert, cmd_eval, cmd_fewshot, cmd_predict
 from .listing import cmd_bench, cmd_kernels, cmd_models, cmd_recipes
 from .training import cmd_demo, cmd_sweep, cmd_train
@@ -46,12 +48,14 @@ def build_parser():
     e.add_argument("--data-dir")
     e.add_argument("--split", default="test")
     e.add_argument("--batch-size", type=positive_int, default=256)
+    add_device_arg(e)
     e.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser("predict", help="top-5 classes of image files")
     pr.add_argument("checkpoint")
     pr.add_argument("images", nargs="+")
     pr.add_argument("--top", type=positive_int, default=5)
+    add_device_arg(pr)
     pr.set_defaults(func=cmd_predict)
 
     d = sub.add_parser("demo", help="train a small ViT on procedural data (about two minutes)")
@@ -60,6 +64,7 @@ def build_parser():
     d.add_argument("--seed", type=nonnegative_int, default=0)
     d.add_argument("--out")
     d.add_argument("--no-progress", action="store_true")
+    add_device_arg(d)
     d.set_defaults(func=cmd_demo)
 
     a = sub.add_parser("analyze", help="the paper's analysis figures for a checkpoint")
@@ -67,6 +72,7 @@ def build_parser():
     a.add_argument("--out", required=True)
     a.add_argument("--data-dir")
     a.add_argument("--images", type=positive_int, default=256, help="test images for attention distance")
+    add_device_arg(a)
     a.set_defaults(func=cmd_analyze)
 
     f = sub.add_parser("fewshot", help="few-shot linear evaluation of frozen features")
@@ -76,6 +82,7 @@ def build_parser():
     f.add_argument("--dataset", choices=DATASETS, help="default: the one the checkpoint was trained on")
     f.add_argument("--data-dir")
     f.add_argument("--test-images", type=positive_int, default=2000)
+    add_device_arg(f)
     f.set_defaults(func=cmd_fewshot)
 
     s = sub.add_parser("sweep", help="train a grid of model options and tabulate the results")
@@ -106,6 +113,7 @@ def build_parser():
 
     k = sub.add_parser("kernels", help="list kernel implementations")
     k.add_argument("op", nargs="?")
+    k.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="list the GPU versions with cuda")
     k.set_defaults(func=cmd_kernels)
 
     m = sub.add_parser("models", help="list named model variants")
@@ -120,13 +128,21 @@ def build_parser():
 def main(argv=None):
     """Run one command; exit 2 with one line "error: ..." for what a user can cause: a bad value
     (ValueError, which CheckpointError is), a missing or unreadable file (OSError, which
-    DataNotFoundError is), a diverged run (FloatingPointError), or too little memory. Any other
-    exception is a bug in minivit and keeps its traceback."""
+    DataNotFoundError is), a diverged run (FloatingPointError), or too little memory; and
+    `--device cuda` without CuPy or a GPU (DeviceUnavailable: one line, "cuda requested but ...").
+    Any other exception is a bug in minivit and keeps its traceback."""
+    from ..device import DeviceUnavailable
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
+    except DeviceUnavailable as e:
+        if os.environ.get("MINIVIT_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (ValueError, OSError, FloatingPointError, MemoryError) as e:
         if os.environ.get("MINIVIT_DEBUG"):
             raise

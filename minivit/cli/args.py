@@ -71,8 +71,25 @@ _TRAIN_FLAGS = {  # TrainConfig checks these too; here they fail with argparse's
     "weight_decay": nonnegative_float, "warmup_epochs": nonnegative_float, "label_smoothing": fraction,
     "grad_clip": nonnegative_float, "seed": nonnegative_int, "val_size": val_size, "num_samples": positive_int,
     "save_every": nonnegative_int, "max_steps": positive_int, "log_every": positive_int,
+    "time_limit": positive_float, "ema_decay": fraction, "low_res_size": nonnegative_int, "low_res_fraction": fraction,
+}
+_TRAIN_HELP = {
+    "grad_clip": "; 0: no clipping",
+    "time_limit": "; seconds of training in total (a resumed run's earlier time included), then a checkpoint "
+                  "and an evaluation",
+    "ema_decay": "; 0: off; else evaluate and keep (best.npz) an exponential moving average of the weights, "
+                 "e.g. 0.999",
+    "low_res_size": "; train on images area-averaged to this size first (progressive resizing), e.g. 16; 0: off",
+    "low_res_fraction": "; the fraction of the budget (steps, or --time-limit with --schedule-by time) spent at "
+                        "--low-res-size",
 }
 DATASETS = ("cifar10", "procedural", "folder", "fashion_mnist")  # minivit.data.DATASETS, without importing it
+
+
+def add_device_arg(p):
+    """--device cpu|cuda: where the model runs (cuda: an NVIDIA GPU through CuPy, the [gpu] extra)."""
+    p.add_argument("--device", choices=["cpu", "cuda"], help="cpu (default) or cuda: an NVIDIA GPU through CuPy "
+                   "(pip install -e '.[gpu]')")
 
 
 def add_train_args(p):
@@ -90,13 +107,26 @@ def add_train_args(p):
     p.add_argument("--data-dir", help="cifar-10-batches-py, an image-folder tree with train/ and test/, "
                                       "or nothing for the cached download")
     for name, typ in _TRAIN_FLAGS.items():
-        p.add_argument("--" + name.replace("_", "-"), type=typ, help=f"default {getattr(d, name)}"
-                       + ("; 0: no clipping" if name == "grad_clip" else ""))
+        p.add_argument("--" + name.replace("_", "-"), type=typ,
+                       help=f"default {getattr(d, name)}" + _TRAIN_HELP.get(name, ""))
     p.add_argument("--optimizer", choices=["adamw", "adam", "sgd"])
     p.add_argument("--schedule", choices=["cosine", "linear", "constant"])
+    p.add_argument("--schedule-by", choices=["steps", "time"], help="the schedule spans --epochs (steps, the "
+                   "default) or --time-limit seconds (time): the learning rate reaches --min-lr when time is up")
     p.add_argument("--no-augment", action="store_true", help="no random crop / flip")
-    p.add_argument("--no-test", action="store_true", help="do not evaluate on the test split each epoch")
+    p.add_argument("--crop-padding", choices=["zeros", "reflect"], help="what the random crop pads with "
+                   "(default zeros)")
+    p.add_argument("--no-test", action="store_true", help="do not evaluate on the test split (--eval-test never)")
+    p.add_argument("--eval-test", choices=["epoch", "end", "never"], help="evaluate the test split every epoch "
+                   "(default), only at the end, or never")
+    p.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=None, help="evaluate on the mean "
+                   "logits of each image and its mirror image (default: off)")
+    p.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=None,
+                   help="EMA decay min(ema_decay, 1 - step^-3/4) (default), or a constant one (--no-ema-warmup)")
+    p.add_argument("--init", choices=["timm", "mimetic"], help="weight init: timm (default) or mimetic attention "
+                   "(Trockman & Kolter 2023)")
     p.add_argument("--kernels", help="kernel choices, e.g. attention=cpu_v1,layernorm=reference")
+    add_device_arg(p)
     p.add_argument("--out", help="run folder (default runs/<model>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--init-from", help="start from this checkpoint's weights (fine-tuning; position "
@@ -141,6 +171,8 @@ def train_config_from_args(args):
             values[f.name] = value
     if args.grad_clip == 0:
         values["grad_clip"] = None  # TrainConfig's "no clipping"
+    if args.low_res_size == 0:  # no low-resolution phase, whatever the recipe says
+        values["low_res_size"], values["low_res_fraction"] = None, 0.0
     if args.dataset:
         values["dataset"] = args.dataset
     if args.data_dir:

@@ -1,6 +1,7 @@
 """Commands that read a trained checkpoint: `minivit eval`, `predict`, `analyze`, `fewshot` and
 `convert` (to and from the official JAX checkpoint formats).
-Each checks that the data fits the checkpoint (image size, channels, classes) before running."""
+Each checks that the data fits the checkpoint (image size, channels, classes) before running, and
+runs the model on --device (cpu, or cuda: checked first, before anything is loaded)."""
 from __future__ import annotations
 
 import time
@@ -10,12 +11,19 @@ import numpy as np
 from .args import DATASETS, shown
 
 
-def _load_for_inference(path):
-    """(model in eval mode, checkpoint meta, (mean, std) of its input normalisation)."""
+def _device(args):
+    """The --device asked for, checked now ("cpu" or "gpu"; DeviceUnavailable when it cannot run)."""
+    from ..device import require
+
+    return require(getattr(args, "device", None) or "cpu")
+
+
+def _load_for_inference(path, device="cpu"):
+    """(model in eval mode on `device`, checkpoint meta, (mean, std) of its input normalisation)."""
     from ..train.checkpoint import model_from_checkpoint, normalization
 
-    model, ckpt = model_from_checkpoint(path)
-    model.eval()
+    model, ckpt = model_from_checkpoint(path)  # built and loaded on the host
+    model.eval().to(device)
     return model, ckpt["meta"], normalization(ckpt, model.config.in_chans)
 
 
@@ -57,14 +65,15 @@ def cmd_eval(args):
     from .. import data as mdata
     from ..train import evaluate
 
-    model, meta, (mean, std) = _load_for_inference(args.checkpoint)
+    device = _device(args)
+    model, meta, (mean, std) = _load_for_inference(args.checkpoint, device)
     dataset, data_dir, seed = _data_settings(meta, args)
     ds = mdata.load_dataset(dataset, data_dir, args.split, seed=seed)
     what = f"{dataset} {args.split}" + (f" in {data_dir}" if data_dir else "")
     _check_images_fit(ds, model, what)
     _check_classes(ds, model, meta, what)
     loader = mdata.DataLoader(ds, args.batch_size, shuffle=False, augment=False, drop_last=False,
-                              mean=mean, std=std)
+                              mean=mean, std=std, device=device)
     start = time.perf_counter()
     loss, acc = evaluate(model, loader)
     rate = len(ds) / (time.perf_counter() - start)
@@ -96,7 +105,7 @@ def cmd_predict(args):
     from ..functional import softmax
     from ..train.checkpoint import CheckpointError
 
-    model, meta, (mean, std) = _load_for_inference(args.checkpoint)
+    model, meta, (mean, std) = _load_for_inference(args.checkpoint, _device(args))
     cfg = model.config
     if cfg.num_classes < 1:
         raise ValueError(f"{args.checkpoint} has no classification head (num_classes={cfg.num_classes})")
@@ -108,7 +117,7 @@ def cmd_predict(args):
     from ..autograd import no_grad
 
     with no_grad():
-        probs = softmax(model(x)).numpy()
+        probs = softmax(model(x)).numpy()  # x goes to the model's device in its first op; probs come back
     k = min(args.top, cfg.num_classes)
     for path, p in zip(args.images, probs):
         top = np.argsort(-p)[:k]
@@ -122,13 +131,15 @@ def cmd_analyze(args):
     from .. import data as mdata
     from ..analysis.report import analyze, sample_images
 
-    model, meta, (mean, std) = _load_for_inference(args.checkpoint)
+    device = _device(args)
+    model, meta, (mean, std) = _load_for_inference(args.checkpoint, device)
     dataset, data_dir, _ = _data_settings(meta, args)
     ds = mdata.load_dataset(dataset, data_dir, "test", seed=0)
     _check_images_fit(ds, model, f"{dataset} test")
     ds = sample_images(ds, args.images)
     x = mdata.normalize(ds.images, mean, std)
-    paths = analyze(model, {"x": x, "display": ds.images}, args.out, distance_images=args.images)
+    view = model if device == "cpu" else HostOutputs(model)
+    paths = analyze(view, {"x": x, "display": ds.images}, args.out, distance_images=args.images)
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0
@@ -138,7 +149,7 @@ def cmd_fewshot(args):
     from .. import data as mdata
     from ..analysis.fewshot import fewshot_from_checkpoint
 
-    model, meta, (mean, std) = _load_for_inference(args.checkpoint)
+    model, meta, (mean, std) = _load_for_inference(args.checkpoint, _device(args))
     dataset, data_dir, _ = _data_settings(meta, args)
     train, test = mdata.load_dataset(dataset, data_dir, "train"), mdata.load_dataset(dataset, data_dir, "test")
     for split, ds in (("train", train), ("test", test)):
@@ -160,3 +171,35 @@ def cmd_convert(args):
     options = {k: v for k, v in (("img_size", args.img_size), ("num_classes", args.num_classes)) if v is not None}
     print(convert(args.input, args.output, layout=args.layout, **options))
     return 0
+
+
+class HostOutputs:
+    """A GPU model as `minivit.analysis.report.analyze` reads a model: the API its docstring names
+    (config, num_prefix_tokens, grid_size, state_dict(), position_embedding() and the forward
+    model(x, out=d)), with NumPy arrays where the model has GPU arrays. The forward passes run on
+    the GPU; their intermediates come back to the host once per batch, where the analysis'
+    NumPy measurements run."""
+
+    def __init__(self, model):
+        self.model = model
+        self.config, self.num_prefix_tokens, self.grid_size = model.config, model.num_prefix_tokens, model.grid_size
+
+    def state_dict(self):
+        from ..device import to_host
+
+        return {k: to_host(v) for k, v in self.model.state_dict().items()}
+
+    def position_embedding(self):
+        from ..device import to_host
+
+        table = self.model.position_embedding()
+        return None if table is None else to_host(table)
+
+    def __call__(self, x, out=None):
+        from ..device import to_host
+
+        logits = self.model(x, out=out)
+        if out is not None:
+            for key, value in out.items():
+                out[key] = [to_host(a) for a in value] if isinstance(value, list) else to_host(value)
+        return logits

@@ -10,8 +10,9 @@ from .args import check_model_options
 def cmd_kernels(args):
     import kernels
 
-    current = kernels.selection()
-    for impl in kernels.available(args.op):
+    device = "gpu" if getattr(args, "device", "cpu") == "cuda" else "cpu"
+    current = kernels.selection(device)
+    for impl in kernels.available(args.op, device=device):
         mark = "*" if current.get(impl.op) == impl.name else " "
         default = "(default)" if kernels.DEFAULTS.get(impl.device, {}).get(impl.op) == impl.name else ""
         print(f"{mark} {impl.op:22s} {impl.name:12s} {impl.device:4s} {default:9s} {impl.description}")

@@ -10,6 +10,9 @@ from .args import check_model_options, checked_config, train_config_from_args
 
 def cmd_train(args):
     cfg = train_config_from_args(args)
+    if args.backend == "jax" and cfg.device != "cpu":
+        raise SystemExit("--device is the NumPy/CuPy backend's; with --backend jax, JAX picks its devices "
+                         "(--devices N; its GPU build for a GPU)")
     if args.backend == "jax":
         try:
             from ..train.jax_trainer import JaxTrainer, request_host_devices
@@ -39,11 +42,14 @@ def cmd_train(args):
 def cmd_demo(args):
     from ..train import Trainer, TrainConfig
 
+    from ..device import require
+
+    require(args.device or "cpu")  # before anything is printed or built
     out = args.out or "runs/demo"
     cfg = TrainConfig(model="vit_demo_patch4_32", dataset="procedural", num_samples=args.num_samples,
                       val_size=0, epochs=args.epochs, batch_size=128, lr=2e-3, weight_decay=0.05,
                       warmup_epochs=0.5, label_smoothing=0.0, out_dir=out, seed=args.seed, log_every=10,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, device=args.device or "cpu")
     print("minivit demo: a small ViT learns to name the shape hidden in each 32x32 image "
           "(procedural data, 10 classes, chance 10%)")
     start = time.perf_counter()

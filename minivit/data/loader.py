@@ -10,6 +10,17 @@ same whether the epoch runs from 0 or is resumed at `start=b` (how `--resume` re
 
 Prefetch: a daemon thread builds up to `prefetch` batches ahead into a bounded queue; errors in it
 re-raise in the consumer, and leaving the loop early sets a stop event so the thread exits.
+
+To the GPU (`device="cuda"`): the thread also copies each batch into a pinned (page-locked) host
+buffer, one of a ring of `prefetch + 2`; the consumer queues the copy of batch b to the device on
+a side stream before it hands out batch b - 1, so the copy overlaps the step that computes on
+b - 1, and the compute stream waits for the copy (an event, not the host) before using b. The
+ordering that keeps this correct without host synchronisation, in `to_device_batches`: the
+device arrays are allocated on the compute stream (the memory pool reuses them in its order),
+the side stream waits for the compute stream's work queued so far before writing them, and a
+pinned buffer is refilled only after the copy that read it has finished. The CUDA calls go
+through one small object (minivit.device.CudaCopies), which the tests replace by a fake that runs
+each copy as late as the protocol allows and so catches a buffer reused too early.
 """
 from __future__ import annotations
 
@@ -20,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .transforms import DATASET_STATS, compute_stats, normalize, random_crop_flip
+from .transforms import DATASET_STATS, PADDING_MODES, compute_stats, normalize, random_crop_flip
 
 
 @dataclass
@@ -112,16 +123,22 @@ _DONE = object()
 class DataLoader:
     """Batches of (x float32 (B, C, H, W) normalised, y int64 (B,)), deterministic in (seed, epoch).
 
-    For evaluation use shuffle=False, augment=False, drop_last=False.
+    For evaluation use shuffle=False, augment=False, drop_last=False. crop_padding: what the
+    random crop's `pad` pixels of border hold, "zeros" or "reflect" (transforms.random_crop_flip).
+    device="cuda": the batches are CuPy arrays, handed over through pinned memory on a side stream
+    (the module docstring); `copies` replaces the CUDA calls of that hand-off (the tests pass a fake).
     """
 
     def __init__(self, dataset: Dataset, batch_size: int = 128, shuffle: bool = True,
                  augment: bool = True, mean=None, std=None, seed: int = 0,
-                 drop_last: bool = True, prefetch: int = 2, pad: int = 4):
+                 drop_last: bool = True, prefetch: int = 2, pad: int = 4, device: str = "cpu",
+                 copies=None, crop_padding: str = "zeros"):
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
             raise ValueError(f"pad must be an integer >= 0, got {pad!r}")
+        if crop_padding not in PADDING_MODES:
+            raise ValueError(f"crop_padding must be one of {', '.join(PADDING_MODES)}, got {crop_padding!r}")
         if mean is None or std is None:
             m, s = stats_for(dataset)
             mean = m if mean is None else mean
@@ -129,8 +146,14 @@ class DataLoader:
         self.dataset, self.batch_size = dataset, int(batch_size)
         self.shuffle, self.augment, self.drop_last = shuffle, augment, drop_last
         self.mean, self.std = tuple(mean), tuple(std)
-        self.seed, self.prefetch, self.pad = seed, int(prefetch), int(pad)
+        self.seed, self.prefetch, self.pad, self.crop_padding = seed, int(prefetch), int(pad), crop_padding
         self._next_epoch = 0
+        self.device, self.copies = "cpu", None
+        if copies is not None or device not in (None, "cpu"):  # batches go to the GPU
+            from .. import device as _device
+
+            self.device = "gpu" if copies is not None else _device.require(device)
+            self.copies = copies or _device.CudaCopies()  # tests hand in a fake
 
     def __len__(self) -> int:
         n, b = len(self.dataset), self.batch_size
@@ -147,25 +170,40 @@ class DataLoader:
         idx = order[b * self.batch_size:(b + 1) * self.batch_size]
         x = self.dataset.images[idx]                                  # (B, H, W, C) uint8
         if self.augment:
-            x = random_crop_flip(x, np.random.default_rng([self.seed, epoch, 2, b]), self.pad)
+            x = random_crop_flip(x, np.random.default_rng([self.seed, epoch, 2, b]), self.pad,
+                                 padding_mode=self.crop_padding)
         return normalize(x, self.mean, self.std), self.dataset.labels[idx]
 
     def epoch(self, epoch: int, start: int = 0):
-        """Yield the batches start, start+1, ... of `epoch`."""
+        """Yield the batches start, start+1, ... of `epoch` (on the loader's device)."""
         order = self.order(epoch)
         batches = range(start, len(self))
+        if self.device == "gpu":
+            ring = PinnedRing(self.copies, max(self.prefetch, 0) + 2)
+            host = self._built(epoch, batches, order, ring.fill)
+            yield from to_device_batches(host, self.copies, ring)
+            return
+        yield from self._built(epoch, batches, order, None)
+
+    def _built(self, epoch, batches, order, stage):
+        """The host batches, each passed through stage (into pinned memory) where one is given:
+        in the prefetch thread, or here when prefetch is 0."""
+        def make(b):
+            batch = self.batch(epoch, b, order)
+            return batch if stage is None else stage(batch)
+
         if self.prefetch <= 0:
             for b in batches:
-                yield self.batch(epoch, b, order)
+                yield make(b)
             return
-        yield from self._prefetched(epoch, batches, order)
+        yield from self._prefetched(make, batches)
 
     def __iter__(self):
         """Iterate the next epoch (0, 1, 2, ... on successive calls)."""
         self._next_epoch += 1
         return self.epoch(self._next_epoch - 1)
 
-    def _prefetched(self, epoch, batches, order):
+    def _prefetched(self, make, batches):
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
 
@@ -181,7 +219,7 @@ class DataLoader:
         def work():
             try:
                 for b in batches:
-                    if not put(self.batch(epoch, b, order)):
+                    if not put(make(b)):
                         return
                 put(_DONE)
             except BaseException as e:  # handed to the consumer, which re-raises it
@@ -205,3 +243,73 @@ class DataLoader:
         finally:  # runs on normal end, on error, and on break (generator close)
             stop.set()
             thread.join(timeout=5.0)
+
+
+# ---------------------------------------------------------------- the hand-off to the GPU
+class PinnedRing:
+    """`size` pinned host buffers for (x, y), used round-robin. fill() (in the prefetch thread)
+    waits until the copy that last read a buffer has finished (copies record it with release()),
+    then copies a batch in; a stop event ends the wait when the consumer has gone."""
+
+    def __init__(self, copies, size):
+        self.copies, self.size = copies, size
+        self.slots = [None] * size  # [x buffer, y buffer] once the first batch's shape is known
+        self.copied = [None] * size  # the event after which the device copy of slot i is done
+        self.free = [threading.Event() for _ in range(size)]
+        for e in self.free:
+            e.set()
+        self.next = 0
+        self.stop = threading.Event()
+
+    def fill(self, batch):
+        x, y = batch
+        i = self.next
+        self.next = (i + 1) % self.size
+        while not self.free[i].wait(timeout=0.05):  # the consumer has queued the last copy from it
+            if self.stop.is_set():
+                raise RuntimeError("the data loader stopped while a pinned buffer was still in use")
+        self.free[i].clear()
+        if self.copied[i] is not None:
+            self.copied[i].synchronize()  # ... and the device has finished reading it
+        if self.slots[i] is None or self.slots[i][0].shape[1:] != x.shape[1:] or len(self.slots[i][0]) < len(x):
+            self.slots[i] = [self.copies.pinned_empty(x.shape, x.dtype), self.copies.pinned_empty(y.shape, y.dtype)]
+        px, py = self.slots[i][0][:len(x)], self.slots[i][1][:len(y)]
+        np.copyto(px, x)
+        np.copyto(py, y)
+        return i, px, py
+
+    def release(self, i, event):
+        self.copied[i] = event
+        self.free[i].set()
+
+
+def to_device_batches(staged, copies, ring):
+    """Device batches from pinned ones: the copy of batch b is queued on a side stream before
+    batch b - 1 is handed out (the ordering rules are in the module docstring)."""
+    side = copies.new_stream()
+    compute = copies.current_stream()
+
+    def issue(item):
+        i, px, py = item
+        x, y = copies.empty(px.shape, px.dtype), copies.empty(py.shape, py.dtype)  # on the compute stream
+        copies.wait(side, copies.record(compute))  # what last used this memory has run
+        copies.copy_async(x, px, side)
+        copies.copy_async(y, py, side)
+        done = copies.record(side)
+        ring.release(i, done)
+        return x, y, done
+
+    pending = None
+    try:
+        for item in staged:
+            issued = issue(item)
+            if pending is not None:
+                copies.wait(compute, pending[2])  # the step on this batch waits for its copy
+                yield pending[0], pending[1]
+            pending = issued
+        if pending is not None:
+            copies.wait(compute, pending[2])
+            yield pending[0], pending[1]
+    finally:
+        ring.stop.set()
+        staged.close()

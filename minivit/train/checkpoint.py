@@ -6,9 +6,11 @@
                             position (epoch, step, batch), RNG state, optimizer hyper-parameters
                             and scalar state, normalisation, class names, training arguments
 
-Writes are atomic and loads never unpickle (minivit.npz: temporary file in the same folder,
-fsync, os.replace; allow_pickle=False); a damaged file becomes a CheckpointError (a ValueError)
-that names it. A checkpoint is untrusted input: meta.json's values are type-checked,
+Arrays are always written as host (NumPy) arrays, whatever device the model and optimizer are
+on, and load onto either device (Module.load_state_dict and Optimizer.load_state_dict copy them
+to their parameters' device). Writes are atomic and loads never unpickle (minivit.npz: temporary
+file in the same folder, fsync, os.replace; allow_pickle=False); a damaged file becomes a
+CheckpointError (a ValueError) that names it. A checkpoint is untrusted input: meta.json's values are type-checked,
 and the config is compared with the weights' shapes *before* a model is built from it, so a
 crafted config (depth=10**9, embed_dim=10**7) is refused instead of allocating gigabytes; weights
 and optimizer state must be finite floats.
@@ -24,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import npz
+from ..device import to_host
 
 FORMAT = "minivit-checkpoint"
 VERSION = 1
@@ -312,7 +315,8 @@ def normalization(ckpt, channels: int | None = None):
 
 
 def _host(a):
-    return a if isinstance(a, np.ndarray) else a.get()
+    """A NumPy array: GPU arrays are copied to the host (the only copies a checkpoint makes)."""
+    return to_host(a)
 
 
 def _json_default(value):

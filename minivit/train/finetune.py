@@ -8,18 +8,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import posemb
+from ..posemb import resize_pos_embed
 from ..vit import ViTConfig
 from .checkpoint import CheckpointError, load_checkpoint
-
-
-def resize_pos_embed(pos_embed, old_grid, new_grid, num_prefix_tokens):
-    """(L, prefix + gh*gw, D) -> (L, prefix + gh'*gw', D) by bilinear interpolation of the grid part
-    (L = 1, or one embedding per block); the prefix (class token) rows are kept."""
-    if tuple(old_grid) == tuple(new_grid):
-        return pos_embed
-    return np.stack([np.concatenate([layer[:num_prefix_tokens],
-                                     posemb.interpolate_grid(layer[num_prefix_tokens:], old_grid, new_grid)])
-                     for layer in pos_embed])
 
 
 def resize_relative_bias(table, old_grid, new_grid, num_prefix_tokens):

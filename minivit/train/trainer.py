@@ -8,103 +8,47 @@ A run folder holds:
 A checkpoint stores the position inside the epoch, the RNG state and the optimizer state, and
 the data order depends only on (seed, epoch, batch), so `resume=True` continues the exact loss
 trajectory of an uninterrupted run. Ctrl-C saves a checkpoint before exiting.
+
+On the GPU (`device="cuda"`) the model, optimizer state and batches live there; a training step
+copies one small array to the host, at its end: the loss and the number of correct predictions
+together, to log them and to stop on divergence. Gradient clipping and the accuracy count stay
+on the device; evaluation copies its two totals once per pass. Checkpoints hold host arrays, and
+a run started on one device resumes on either.
+
+Each trick of TrainConfig (config.py) enters the loop at one place: mimetic init where the
+model is made; after each step the weight EMA (ema.py), the time-budget schedule (budget.py) and
+the switch from low to full resolution (resolution.py); flip TTA in `evaluate`. Evaluation and
+best.npz see the weights the run keeps (`_as_kept`: the EMA, at the full size). Checkpoints also
+hold the training clock, so that a resumed run keeps a time-budgeted schedule and time limit.
 """
 from __future__ import annotations
 
 import json
 import math
-import numbers
 import time
-from dataclasses import asdict, dataclass, field
+from contextlib import ExitStack
+from dataclasses import asdict
 from pathlib import Path
-
 
 import kernels
 
 from .. import data as mdata
+from .. import device as _device
 from .. import functional as F
 from .. import optim
 from .. import rng
-from ..autograd import no_grad
+from ..autograd import Tensor
 from ..variants import create_model
-from ..vit import config_from_dict
+from ..vit import ViT, mimetic_init
+from .budget import TimeBudgetSchedule, saved_clock
 from .checkpoint import (CheckpointError, load_checkpoint, load_weights, optimizer_state, resume_state,
                          save_checkpoint)
+from .config import TrainConfig
+from .ema import ema_decay_at, ema_weights, update_ema
+from .evaluation import evaluate
+from .progress import EpochStats, ProgressBar, interrupt_flag, truncate_metrics
+from .resolution import at_resolution, check_low_res, switch_resolution, to_size
 
-
-@dataclass
-class TrainConfig:
-    model: str = "vit_cifar_patch4_32"
-    model_kwargs: dict = field(default_factory=dict)  # ViT overrides, e.g. {"depth": 4}
-    dataset: str = "cifar10"
-    data_dir: str | None = None
-    num_samples: int | None = None  # a subset of the training set (procedural: how many to generate)
-    val_size: float = 5000  # images carved from train for validation: a count (>= 1), a fraction (< 1), or 0
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: str = "adamw"  # adamw | adam | sgd
-    lr: float = 1e-3
-    min_lr: float = 1e-5
-    weight_decay: float = 0.05
-    momentum: float = 0.9  # sgd only
-    warmup_epochs: float = 1.0
-    schedule: str = "cosine"  # cosine | linear | constant
-    label_smoothing: float = 0.0
-    grad_clip: float | None = 1.0
-    augment: bool = True
-    seed: int = 0
-    out_dir: str = "runs/run"
-    kernels: str = ""  # e.g. "attention=cpu_v1,layernorm=reference", or "reference" for every op
-    log_every: int = 20
-    eval_test: bool = True  # report test accuracy at the end of every epoch
-    save_every: int = 0  # also checkpoint every this many steps (0: at epoch ends only)
-    max_steps: int | None = None  # stop (with a checkpoint) after this many steps in total
-    init_from: str | None = None  # start from these weights (fine-tuning); see finetune.py
-    progress: bool = True
-
-    def __post_init__(self):
-        integers = {"epochs": 1, "batch_size": 1, "log_every": 1, "save_every": 0, "seed": 0}
-        for name, low in integers.items():
-            _check(name, getattr(self, name), integer=True, low=low)
-        for name in ("num_samples", "max_steps"):
-            if getattr(self, name) is not None:
-                _check(name, getattr(self, name), integer=True, low=1)
-        for name in ("lr", "min_lr", "weight_decay", "warmup_epochs", "val_size"):
-            _check(name, getattr(self, name), low=0)
-        _check("momentum", self.momentum, low=0, high=1)
-        _check("label_smoothing", self.label_smoothing, low=0, high=1, high_closed=True)
-        if self.grad_clip is not None:
-            _check("grad_clip", self.grad_clip, low=0, low_open=True)
-        if self.val_size >= 1:  # a count: 5000 and 5000.0 both mean 5000 images
-            if self.val_size != int(self.val_size):
-                raise ValueError(f"val_size is a count of images (>= 1) or a fraction (< 1), got {self.val_size}")
-            self.val_size = int(self.val_size)
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.schedule not in optim.SCHEDULES:
-            raise ValueError(f"schedule must be one of {', '.join(optim.SCHEDULES)}, got {self.schedule!r}")
-        if not isinstance(self.model_kwargs, dict):
-            raise TypeError(f"model_kwargs must be a dict of ViT options, got {self.model_kwargs!r}")
-
-    @classmethod
-    def from_dict(cls, d):
-        return config_from_dict(cls, d, "training")
-
-
-OPTIMIZERS = ("adamw", "adam", "sgd")
-
-
-def _check(name, value, integer=False, low=None, high=None, low_open=False, high_closed=False):
-    """A TypeError or ValueError naming the option, what it must be, and what it got."""
-    kind = numbers.Integral if integer else numbers.Real
-    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value):
-        raise TypeError(f"{name} must be {'an integer' if integer else 'a finite number'}, got {value!r}")
-    too_low = low is not None and (value <= low if low_open else value < low)
-    too_high = high is not None and (value > high if high_closed else value >= high)
-    if too_low or too_high:
-        lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
-        hi = "" if high is None else f"{'<=' if high_closed else '<'} {high}"
-        raise ValueError(f"{name} must be {' and '.join(filter(None, (lo, hi)))}, got {value!r}")
 
 
 def param_groups(model, weight_decay):
@@ -131,51 +75,6 @@ def build_optimizer(model, cfg: TrainConfig):
     raise ValueError(f"optimizer must be adamw, adam or sgd, got {cfg.optimizer!r}")
 
 
-def evaluate(model, loader, label_smoothing=0.0):
-    """(mean loss, accuracy) over a loader, without gradients, in eval mode."""
-    was_training = model.training
-    model.eval()
-    total_loss, correct, count = 0.0, 0, 0
-    with no_grad():
-        for x, y in loader.epoch(0):
-            logits = model(x)
-            total_loss += float(F.cross_entropy(logits, y, label_smoothing).item()) * len(y)
-            correct += int((logits.numpy().argmax(axis=1) == y).sum())
-            count += len(y)
-    model.train(was_training)
-    return total_loss / max(count, 1), correct / max(count, 1)
-
-
-@dataclass
-class EpochStats:
-    """Running totals of the epoch in progress; a checkpoint saves them, so that an epoch resumed
-    half-way reports the same mean loss and accuracy as one run through."""
-
-    loss_sum: float = 0.0
-    correct: int = 0
-    seen: int = 0
-    seconds: float = 0.0
-
-    def add(self, loss, correct, n, seconds):
-        self.loss_sum, self.correct, self.seen = self.loss_sum + loss * n, self.correct + correct, self.seen + n
-        self.seconds = seconds
-
-    @property
-    def loss(self):
-        return self.loss_sum / max(self.seen, 1)
-
-    @property
-    def accuracy(self):
-        return self.correct / max(self.seen, 1)
-
-    @property
-    def images_per_s(self):
-        return self.seen / self.seconds if self.seconds > 0 else 0.0
-
-    def to_list(self):
-        return [self.loss_sum, self.correct, self.seen, self.seconds]
-
-
 class Trainer:
     """Builds data, model, optimizer and learning-rate schedule from a TrainConfig and runs (or
     resumes) training. `fit()` is the loop: each step (`train_step`) is followed by the
@@ -189,22 +88,39 @@ class Trainer:
         self.time_to_first_step = None  # seconds from construction to the end of the first step
         self.cfg = cfg
         self.out = Path(cfg.out_dir)
+        self.device = _device.require(cfg.device)  # "cpu" or "gpu"; no GPU: DeviceUnavailable, before any work
         # Checked now, applied only while fit() runs: the process-wide choice is restored after.
         self.kernel_choices = kernels.validate(cfg.kernels)  # {op: name}
         self._build_data()
         rng.manual_seed(cfg.seed)
         kw = {"num_classes": self.train_set.num_classes, "in_chans": self.train_set.images.shape[-1],
               **cfg.model_kwargs}
-        self.model = create_model(cfg.model, **kw)
-        self.optimizer = build_optimizer(self.model, cfg)
+        model = create_model(cfg.model, **kw)
+        if cfg.init == "mimetic":
+            if not isinstance(model, ViT):
+                raise ValueError(f"init='mimetic' sets a ViT's attention; {cfg.model} is a {type(model).__name__}")
+            mimetic_init(model, rng.generator())
+        self.model = model.to(self.device)  # initialised on the host, then moved
+        self.full_img_size = getattr(model.config, "img_size", None)  # evaluation's size, and training's after low res
+        if cfg.low_res_size:
+            check_low_res(model, cfg.low_res_size)
+        if self.backend != "numpy" and (cfg.ema_decay or cfg.flip_tta or cfg.low_res_size):
+            raise ValueError(f"ema_decay, flip_tta and low_res_size are options of the NumPy trainer, not of "
+                             f"backend {self.backend!r}")
+        self.optimizer = build_optimizer(self.model, cfg)  # its state is made on the parameters' device
         self.steps_per_epoch = len(self.train_loader)
         if self.steps_per_epoch == 0:
             raise ValueError(f"batch size {cfg.batch_size} is larger than the training set "
                              f"({len(self.train_set)} images); lower --batch-size")
         total_steps = cfg.epochs * self.steps_per_epoch
         warmup_steps = int(round(cfg.warmup_epochs * self.steps_per_epoch))
-        self.schedule = optim.WarmupSchedule(self.optimizer, total_steps, warmup_steps, cfg.schedule, cfg.min_lr)
+        if cfg.schedule_by == "time":
+            self.schedule = TimeBudgetSchedule(self.optimizer, cfg.time_limit, warmup_steps, cfg.schedule, cfg.min_lr)
+        else:
+            self.schedule = optim.WarmupSchedule(self.optimizer, total_steps, warmup_steps, cfg.schedule, cfg.min_lr)
+        self.low_res_steps = int(round(cfg.low_res_fraction * total_steps))  # by steps; by time: a fraction of it
         self.step, self.epoch, self.batch = 0, 0, 0  # position of the next step
+        self.elapsed = 0.0  # seconds of training at the last step (the clock of time_limit and schedule_by="time")
         self.stats = EpochStats()  # the epoch in progress
         self.best_val = -1.0
         if resume:
@@ -224,93 +140,119 @@ class Trainer:
         else:
             self.train_set, self.val_set = full, None
         self.mean, self.std = mdata.stats_for(full)
-        common = dict(mean=self.mean, std=self.std, seed=cfg.seed)
+        common = dict(mean=self.mean, std=self.std, seed=cfg.seed, device=self._loader_device())
         self.train_loader = mdata.DataLoader(self.train_set, cfg.batch_size, shuffle=True, augment=cfg.augment,
-                                             drop_last=True, **common)
+                                             drop_last=True, crop_padding=cfg.crop_padding, **common)
         eval_kw = dict(shuffle=False, augment=False, drop_last=False, **common)
         self.val_loader = mdata.DataLoader(self.val_set, 256, **eval_kw) if self.val_set is not None else None
         self.test_loader = mdata.DataLoader(self.test_set, 256, **eval_kw) if self.test_set is not None else None
 
+    def _loader_device(self):
+        """Where the loaders hand their batches: the model's device (the JAX trainer: the host)."""
+        return self.device
+
     def _resume(self):
         path = self.out / "checkpoint.npz"
         ckpt = load_checkpoint(path)
-        saved = ckpt["meta"].get("train_config", {})
+        # A run saved before an option existed ran with its default.
+        saved = {**asdict(TrainConfig()), **ckpt["meta"].get("train_config", {})}
         changed = {k: (saved.get(k), v) for k, v in asdict(self.cfg).items()
-                   if k in _TRAJECTORY_KEYS and saved.get(k) != v}
+                   if k in self.cfg.trajectory_keys() and saved.get(k) != v}
         if changed:
             raise CheckpointError(f"cannot resume {path}: the run was started with different settings "
                                   f"(saved, now): {changed}")
         state = resume_state(ckpt)  # checked: position, running totals, best_val, RNG state
+        clock = saved_clock(ckpt)
+        size = ckpt["meta"]["config"].get("img_size")
+        if self.cfg.low_res_size and size != self.model.config.img_size:  # saved in the low-resolution phase
+            switch_resolution(self.model, self.optimizer, size)
         load_weights(self.model, ckpt)
         self.optimizer.load_state_dict(optimizer_state(ckpt))
         self.step, self.epoch, self.batch = state["step"], state["epoch"], state["batch"]
+        self.elapsed = clock["elapsed"]
+        if isinstance(self.schedule, TimeBudgetSchedule):
+            self.schedule.elapsed, self.schedule.warmup_end = clock["elapsed"], clock["warmup_end"]
         self.schedule.set_step(self.step)
         self.stats = EpochStats(*state["epoch_running"])
         self.best_val = state["best_val"]
         rng.set_rng_state(state["rng_state"])
-        self._truncate_metrics()
-
-    def _truncate_metrics(self):
-        """Drop what was logged after the checkpoint's step: the resumed run logs it again."""
-        metrics = self.out / "metrics.jsonl"
-        if not metrics.exists():
-            return
-        kept = []
-        for number, line in enumerate(metrics.read_text().splitlines(), 1):
-            try:
-                record = json.loads(line) if line else None
-            except ValueError as e:
-                raise CheckpointError(f"cannot resume: {metrics} line {number} is not JSON ({e}); "
-                                      "remove the damaged lines and resume again") from e
-            if isinstance(record, dict) and record.get("step", 0) <= self.step:
-                kept.append(line)
-        metrics.write_text("".join(line + "\n" for line in kept))
+        truncate_metrics(self.out / "metrics.jsonl", self.step)  # the resumed run logs the rest again
 
     # ---- one step ------------------------------------------------------------------------------
     def train_step(self, x, y):
-        """One optimisation step at the schedule's learning rate; returns (loss, number correct)."""
+        """One optimisation step at the schedule's learning rate; returns (loss, number correct).
+
+        Its one copy to the host comes last: the loss and the number correct, read together once
+        the step's work is queued (on the GPU the only wait for the device in a step). So a
+        diverged step is caught after its update: the error points to the last good checkpoint."""
         cfg = self.cfg
-        logits = self.model(x)
+        lr = self.schedule.get_last_lr()[0]
+        logits = self.model(Tensor(x))  # a Tensor: the model takes NumPy and CuPy batches alike
         loss = F.cross_entropy(logits, y, cfg.label_smoothing)
-        value = float(loss.item())
-        if not math.isfinite(value):
-            raise FloatingPointError(
-                f"loss is {value} at step {self.step} (epoch {self.epoch}, lr {self.schedule.get_last_lr()[0]:.3g}); "
-                "training diverged: lower --lr, raise --warmup-epochs or set --grad-clip."
-                + (f" The last good checkpoint is {self.out / 'checkpoint.npz'}"
-                   if (self.out / "checkpoint.npz").exists() else ""))
         loss.backward()
         if cfg.grad_clip:
             optim.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad()
         self.schedule.step()
-        return value, int((logits.numpy().argmax(axis=1) == y).sum())
+        xp = _device.array_module(logits.data)
+        hits = (logits.data.argmax(axis=1) == xp.asarray(y)).sum()
+        value, correct = _device.to_host(xp.stack([loss.data.astype(xp.float64), hits.astype(xp.float64)])).tolist()
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"loss is {value} at step {self.step} (epoch {self.epoch}, lr {lr:.3g}); "
+                "training diverged: lower --lr, raise --warmup-epochs or set --grad-clip."
+                + (f" The last good checkpoint is {self.out / 'checkpoint.npz'}"
+                   if (self.out / "checkpoint.npz").exists() else ""))
+        return value, int(correct)
 
     # ---- the loop ------------------------------------------------------------------------------
     def fit(self):
-        """Train to the end (or to max_steps). Returns the final metrics dict."""
+        """Train to the end (or to max_steps, or to the time limit). Returns the final metrics dict."""
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
+        if cfg.flip_tta and type(self).evaluate is not Trainer.evaluate:
+            raise ValueError(f"flip_tta is an option of Trainer.evaluate, which {type(self).__name__} replaces")
+        if cfg.schedule_by == "time" and not isinstance(self.schedule, TimeBudgetSchedule):
+            raise ValueError(f"schedule_by='time': {type(self).__name__} replaced the time-budget schedule")
         final = {}
-        with kernels.use(**self.kernel_choices), _interrupt_flag() as self._interrupted:
+        with kernels.use(**self.kernel_choices), interrupt_flag() as self._interrupted:
+            model_config = self.model.config.to_dict()  # at the full size, also when training starts at low res
+            model_config.update({"img_size": self.full_img_size} if cfg.low_res_size else {})
             (self.out / "config.json").write_text(json.dumps(
-                {"train": asdict(cfg), "model": self.model.config.to_dict(), "params": self.model.num_parameters(),
-                 "backend": self.backend, "kernels": kernels.selection()}, indent=2))
+                {"train": asdict(cfg), "model": model_config, "params": self.model.num_parameters(),
+                 "backend": self.backend, "device": self.device, "kernels": kernels.selection(self.device)},
+                indent=2))
             self.model.train()
+            self._fit_start, self._elapsed_before = time.perf_counter(), self.elapsed
+            self._follow_resolution()
             while self.epoch < cfg.epochs:
                 if self._stop_requested() or self._run_epoch():
-                    return {"stopped_at_step": self.step}
+                    return self._stopped()
                 final = self._end_of_epoch()
         return final
 
+    def _clock(self):
+        """Seconds of training so far: this fit() call's, plus those before the checkpoint it resumed."""
+        return self._elapsed_before + time.perf_counter() - self._fit_start
+
+    def _stopped(self):
+        """The result of a run stopped early: by max_steps as it is; by the time limit with an
+        evaluation of the model as it stands (metrics.jsonl and best.npz get it too)."""
+        if not self._out_of_time():
+            return {"stopped_at_step": self.step}
+        record = {"step": self.step, "epoch": self.epoch + self.batch / self.steps_per_epoch,
+                  "stopped": "time_limit", "seconds": self._clock()}
+        return {"stopped_at_step": self.step, **self._evaluate_and_keep(record, bool(self.cfg.eval_test))}
+
     def _run_epoch(self):
-        """Steps from the current position to the end of the epoch; True if max_steps stopped it."""
-        bar = _Progress(self.steps_per_epoch, self.batch, f"epoch {self.epoch + 1}/{self.cfg.epochs}",
-                        self.cfg.progress)
+        """Steps from the current position to the end of the epoch; True if a stop came first."""
+        bar = ProgressBar(self.steps_per_epoch, self.batch, f"epoch {self.epoch + 1}/{self.cfg.epochs}",
+                          self.cfg.progress)
         t0 = time.perf_counter() - self.stats.seconds
         with bar:
             for x, y in self.train_loader.epoch(self.epoch, start=self.batch):
+                x = to_size(x, self.model.config.img_size) if self.cfg.low_res_size else x
                 loss, hits = self.train_step(x, y)
                 self.stats.add(loss, hits, len(y), time.perf_counter() - t0)
                 if self._after_step(loss, bar):
@@ -323,12 +265,19 @@ class Trainer:
         if self.time_to_first_step is None:  # data, model and kernel compilation included
             self.time_to_first_step = time.perf_counter() - self._created
         self.step, self.batch = self.step + 1, self.batch + 1
+        self.elapsed = self._clock()  # one reading per step: the schedule and the resolution follow it
         stats, cfg = self.stats, self.cfg
+        if cfg.ema_decay:
+            update_ema(self.optimizer, ema_decay_at(self.step, cfg.ema_decay, cfg.ema_warmup))
+        if isinstance(self.schedule, TimeBudgetSchedule):
+            self.schedule.set_elapsed(self.elapsed)  # the learning rate of the next step
+        self._follow_resolution()
         bar.update(loss=f"{loss:.3f}", acc=f"{stats.accuracy:.3f}", img_s=f"{stats.images_per_s:.0f}")
         if self.step % cfg.log_every == 0:
             self._log({"step": self.step, "epoch": self.epoch + self.batch / self.steps_per_epoch,
                        "train_loss": stats.loss, "train_acc": stats.accuracy,
-                       "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": stats.images_per_s})
+                       "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": stats.images_per_s,
+                       **({"img_size": self.model.config.img_size} if cfg.low_res_size else {})})
         if cfg.save_every and self.step % cfg.save_every == 0:
             self.save()
         if self._interrupted():
@@ -342,33 +291,71 @@ class Trainer:
             return True
         return False
 
+    def _follow_resolution(self):
+        """With low_res_size: the low size for the first low_res_fraction of the budget (steps, or
+        seconds of time_limit by time), then the full size; switched between two steps."""
+        cfg = self.cfg
+        if not cfg.low_res_size:
+            return
+        low = (self.elapsed < cfg.low_res_fraction * cfg.time_limit if cfg.schedule_by == "time"
+               else self.step < self.low_res_steps)
+        size = cfg.low_res_size if low else self.full_img_size
+        if size != self.model.config.img_size:
+            switch_resolution(self.model, self.optimizer, size)
+            print(f"\nstep {self.step} ({self.elapsed:.0f} s): training at {size}x{size} pixels")
+
     def _stop_requested(self):
-        return self.cfg.max_steps is not None and self.step >= self.cfg.max_steps
+        return (self.cfg.max_steps is not None and self.step >= self.cfg.max_steps) or self._out_of_time()
+
+    def _out_of_time(self):
+        limit = self.cfg.time_limit
+        return limit is not None and hasattr(self, "_fit_start") and self._clock() > limit
 
     def _end_of_epoch(self):
         record = {"epoch": self.epoch, "step": self.step, "train_loss": self.stats.loss,
                   "train_acc": self.stats.accuracy, "images_per_s": self.stats.images_per_s}
         self.stats = EpochStats()
+        last = self.epoch == self.cfg.epochs
+        return self._evaluate_and_keep(record, self.cfg.eval_test == "epoch" or (last and bool(self.cfg.eval_test)))
+
+    def _evaluate_and_keep(self, record, test):
+        """Evaluate (validation, and the test set if `test`) into the record, log and print it,
+        save the checkpoint, and best.npz when it is the best so far: by validation accuracy,
+        else by test accuracy where every epoch has one, else the latest. best_val goes into the
+        checkpoint saved right after, so a resumed run compares against the right value."""
         if self.val_loader is not None:
-            record["val_loss"], record["val_acc"] = self.evaluate(self.val_loader)
-        if self.test_loader is not None:
-            record["test_loss"], record["test_acc"] = self.evaluate(self.test_loader)
+            record["val_loss"], record["val_acc"] = self._evaluate(self.val_loader)
+        if test and self.test_loader is not None:
+            record["test_loss"], record["test_acc"] = self._evaluate(self.test_loader)
         self._log(record)
         print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
-        # Best by validation accuracy (else test, else the latest epoch); best_val goes into the
-        # checkpoint saved right after, so a resumed run compares against the right value.
-        val = record.get("val_acc", record.get("test_acc", float(self.epoch)))
-        is_best = val > self.best_val
-        self.best_val = max(val, self.best_val)
+        score = record.get("val_acc", record.get("test_acc") if self.cfg.eval_test == "epoch" else None)
+        is_best = score is None or score > self.best_val
+        self.best_val = self.best_val if score is None else max(score, self.best_val)
         self.save()
         if is_best:
-            self.save(self.out / "best.npz")
+            with self._as_kept():
+                self.save(self.out / "best.npz")  # the weights that were evaluated
         self._plot()
         return record
 
+    def _evaluate(self, loader):
+        with self._as_kept():
+            return self.evaluate(loader)
+
+    def _as_kept(self):
+        """A context in which the model holds the weights the run keeps, what evaluation scores and
+        best.npz holds: the EMA when on, at the full size also during a low-resolution phase."""
+        stack = ExitStack()
+        if self.cfg.ema_decay:
+            stack.enter_context(ema_weights(self.optimizer))
+        if self.cfg.low_res_size:
+            stack.enter_context(at_resolution(self.model, self.full_img_size))
+        return stack
+
     def evaluate(self, loader):
         """(mean loss, accuracy) of the model over `loader`; the JAX trainer runs it in JAX."""
-        return evaluate(self.model, loader)
+        return evaluate(self.model, loader, flip_tta=self.cfg.flip_tta)
 
     # ---- outputs -------------------------------------------------------------------------------
     def save(self, path=None):
@@ -380,6 +367,8 @@ class Trainer:
             "classes": list(self.train_set.classes),
             "normalization": {"mean": list(self.mean), "std": list(self.std)},
             "best_val": self.best_val,
+            "device": self.device,
+            "clock": {"elapsed": self.elapsed, "warmup_end": getattr(self.schedule, "warmup_end", None)},
         }
         return save_checkpoint(path or self.out / "checkpoint.npz", self.model, self.optimizer, **meta)
 
@@ -392,65 +381,3 @@ class Trainer:
 
         records = [json.loads(line) for line in (self.out / "metrics.jsonl").read_text().splitlines() if line]
         plot_training_curves(records, self.out / "curves.png")
-
-
-# Settings that change the loss trajectory: a resumed run must use the same ones.
-_TRAJECTORY_KEYS = ("model", "model_kwargs", "dataset", "num_samples", "val_size", "epochs", "batch_size",
-                    "optimizer", "lr", "min_lr", "weight_decay", "momentum", "warmup_epochs", "schedule",
-                    "label_smoothing", "grad_clip", "augment", "seed")
-
-
-class _interrupt_flag:
-    """Within the block, the first Ctrl-C only sets a flag that the loop checks after each step
-    (so the checkpoint it saves is consistent); a second Ctrl-C interrupts at once."""
-
-    def __enter__(self):
-        import signal
-        import threading
-
-        self.hit = False
-        self.previous = None
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handler)
-        return lambda: self.hit
-
-    def _handler(self, signum, frame):
-        if self.hit:
-            raise KeyboardInterrupt
-        self.hit = True
-        print("\nCtrl-C: saving a checkpoint after this step (press again to quit at once)")
-
-    def __exit__(self, *exc):
-        import signal
-
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-        return False
-
-
-class _Progress:
-    """A tqdm bar over an epoch's steps, or nothing when progress is off."""
-
-    def __init__(self, total, initial, desc, enabled):
-        self.bar = None
-        if enabled:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
-
-    def update(self, **postfix):
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(**postfix)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False

@@ -1,0 +1,66 @@
+// Softmax cross-entropy with label smoothing, fused with its gradient, for kernels/gpu/loss.py
+// (the formulas: kernels/reference/loss.py). logits (B, K), labels int64 (B,); T float or double.
+//
+//   t = (1 - eps) onehot(label) + eps / K
+//   loss_b = lse_b - (eps / K) sum_k x_bk - (1 - eps) x_b,label      (= -sum_k t_k log softmax(x_b)_k)
+//   dlogits_bk = (softmax(x_b)_k - t_k) / B
+//
+// sce_fwd_v2: one warp per row computes both in one pass over the row (max, sum of exp, then the
+// gradient), so the backward is one multiplication by the incoming gradient. A label outside
+// [0, K) gives a NaN loss for its row (minivit.functional.cross_entropy refuses such labels first).
+
+template <typename T> __device__ __forceinline__ T ex(T x);
+template <> __device__ __forceinline__ float ex<float>(float x) { return expf(x); }
+template <> __device__ __forceinline__ double ex<double>(double x) { return exp(x); }
+template <typename T> __device__ __forceinline__ T ln(T x);
+template <> __device__ __forceinline__ float ln<float>(float x) { return logf(x); }
+template <> __device__ __forceinline__ double ln<double>(double x) { return log(x); }
+
+template <typename T> __device__ __forceinline__ T warp_sum(T v)
+{
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+template <typename T> __device__ __forceinline__ T warp_max(T v)
+{
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) v = max(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    return v;
+}
+
+template <typename T>
+__global__ void sce_fwd_v2(const T* __restrict__ logits, const long long* __restrict__ labels,
+                           T* __restrict__ loss_rows, T* __restrict__ dlogits, int B, int K, T smoothing)
+{
+    const int lane = threadIdx.x % 32;
+    const int warps = blockDim.x / 32;
+    const T off = smoothing / T(K);
+    const T invB = T(1) / T(B);
+    for (int b = blockIdx.x * warps + threadIdx.x / 32; b < B; b += gridDim.x * warps) {
+        const T* x = logits + (long long)b * K;
+        T m = T(-__longlong_as_double(0x7ff0000000000000LL));
+        T sum_x = 0;
+        for (int k = lane; k < K; k += 32) {
+            m = max(m, x[k]);
+            sum_x += x[k];
+        }
+        m = warp_max(m);
+        sum_x = warp_sum(sum_x);
+        T s = 0;
+        for (int k = lane; k < K; k += 32) s += ex(x[k] - m);
+        const T lse = m + ln(warp_sum(s));
+        const long long label = labels[b];
+        const bool valid = label >= 0 && label < K;
+        if (lane == 0) {
+            loss_rows[b] = valid ? lse - off * sum_x - (T(1) - smoothing) * x[label]
+                                 : T(__longlong_as_double(0x7ff8000000000000LL));  // NaN
+        }
+        T* g = dlogits + (long long)b * K;
+        for (int k = lane; k < K; k += 32) {
+            const T t = off + (k == label ? T(1) - smoothing : T(0));
+            g[k] = (ex(x[k] - lse) - t) * invB;
+        }
+    }
+}

@@ -1,0 +1,168 @@
+"""The one door to CuPy for the GPU kernels.
+
+CuPy is imported on the first launch of a GPU kernel, never by `import kernels`: the GPU versions
+register in the table (kernels/registry.py) on every machine, so that `kernels.available()` lists
+them and DEFAULTS["gpu"] is checked everywhere, and only running one needs CuPy and a GPU.
+Asking for one where either is missing raises DeviceUnavailable, whose message says which is
+missing and how to install the [gpu] extra.
+
+Each .cu file beside this one holds one family of kernels in CUDA C. `function(file, name)`
+returns one kernel, a plain `extern "C"` name or a template instantiation by name
+("flash_fwd_v3<float, 64>"). The first call for a file compiles it with NVRTC through
+cupy.RawModule, with every instantiation its Python module declares (kernels.gpu.DECLARED, the
+list the compile test checks too): one compile per file and process (attention.cu, the largest,
+about 15 s), and CuPy caches the binary on disk (~/.cupy/kernel_cache), so later processes on the
+same machine load it in milliseconds.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+INSTALL_HINT = ("install the [gpu] extra: pip install -e '.[gpu]' (cupy-cuda13x, CuPy built for CUDA 13; "
+                "with an older CUDA 12 driver, pip install cupy-cuda12x instead)")
+# NVRTC options for every .cu file: C++17 for `if constexpr`; no fast-math, so that expf, erff and
+# division are the IEEE-rounded ones the float64 reference is compared against.
+OPTIONS = ("-std=c++17",)
+
+
+class DeviceUnavailable(RuntimeError):
+    """The GPU was asked for where CuPy or a usable GPU is missing; the message says which."""
+
+
+_cupy = None
+_MODULES: dict = {}  # (file, device, names) -> cupy.RawModule
+_FUNCTIONS: dict = {}  # (file, name, device) -> [RawKernel, the dynamic shared memory it may use]
+
+
+def cupy():
+    """The cupy module, imported and checked on first use (DeviceUnavailable if it cannot run)."""
+    global _cupy
+    if _cupy is not None:
+        return _cupy
+    try:
+        import cupy as cp
+    except ModuleNotFoundError as e:
+        if e.name and e.name.split(".")[0] != "cupy":  # CuPy is there, one of its dependencies is not
+            raise DeviceUnavailable(f"cuda requested but CuPy failed to import: {e}; {INSTALL_HINT}") from e
+        raise DeviceUnavailable(f"cuda requested but CuPy is not installed; {INSTALL_HINT}") from e
+    except (ImportError, OSError) as e:  # e.g. a CUDA library CuPy links against is missing
+        raise DeviceUnavailable(f"cuda requested but CuPy failed to import ({type(e).__name__}: {e}); "
+                                f"{INSTALL_HINT}") from e
+    try:
+        count = cp.cuda.runtime.getDeviceCount()
+    except Exception as e:  # CUDARuntimeError: no driver, a driver too old for CuPy's runtime, ...
+        raise DeviceUnavailable(explain_cuda_error(e)) from e
+    if count < 1:
+        raise DeviceUnavailable("cuda requested but CuPy sees no CUDA GPU (getDeviceCount() is 0); check "
+                                "nvidia-smi and CUDA_VISIBLE_DEVICES, or run on the CPU (--device cpu)")
+    _cupy = cp
+    return cp
+
+
+def explain_cuda_error(e) -> str:
+    """One line saying what a CUDA runtime error at start-up means for the user."""
+    text = f"{type(e).__name__}: {e}"
+    if "NoDevice" in text or "no CUDA-capable device" in text:
+        return (f"cuda requested but CuPy finds no CUDA GPU ({text}); check nvidia-smi and CUDA_VISIBLE_DEVICES, "
+                "or run on the CPU (--device cpu)")
+    if "InsufficientDriver" in text or "driver version is insufficient" in text:
+        return (f"cuda requested but the NVIDIA driver is missing or older than the CUDA runtime CuPy was built "
+                f"for ({text}); on a machine without a GPU run on the CPU (--device cpu), else update the "
+                f"driver or {INSTALL_HINT}")
+    return f"cuda requested but CUDA failed to start ({text}); run on the CPU (--device cpu)"
+
+
+def available() -> bool:
+    """True when CuPy imports and sees a GPU (never raises)."""
+    try:
+        cupy()
+    except DeviceUnavailable:
+        return False
+    return True
+
+
+def is_device_array(a) -> bool:
+    return type(a).__module__.startswith("cupy")
+
+
+def xp_of(a):
+    """numpy for a NumPy array, cupy for a CuPy array: the array-expression (v1) versions run on both."""
+    return cupy() if is_device_array(a) else np
+
+
+def ctype(dtype) -> str:
+    """The CUDA C type of a float array: float32 -> "float", float64 -> "double"."""
+    dtype = np.dtype(dtype)
+    if dtype == np.float32:
+        return "float"
+    if dtype == np.float64:
+        return "double"
+    raise TypeError(f"the GPU kernels take float32 or float64 arrays, got {dtype}")
+
+
+def module(file: str, names: tuple[str, ...] = ()):
+    """The RawModule of kernels/gpu/<file>, compiled with these template instantiations."""
+    cp = cupy()
+    key = (file, cp.cuda.runtime.getDevice(), tuple(names))
+    mod = _MODULES.get(key)
+    if mod is None:
+        code = (HERE / file).read_text()
+        mod = cp.RawModule(code=code, options=OPTIONS, name_expressions=list(names) or None)
+        _MODULES[key] = mod
+    return mod
+
+
+def function(file: str, name: str, shared_bytes: int = 0):
+    """One kernel of kernels/gpu/<file>: a plain `extern "C"` name, or a template instantiation
+    such as "gelu_fwd<float>". `shared_bytes` above 48 KiB raises the kernel's dynamic
+    shared-memory limit (Hopper allows up to 227 KiB per block)."""
+    key = (file, name, cupy().cuda.runtime.getDevice())
+    entry = _FUNCTIONS.get(key)
+    if entry is None:  # cached: this runs on every launch, where microseconds count
+        from . import DECLARED
+
+        names = tuple(DECLARED.get(file, ()))
+        if "<" in name and name not in names:
+            raise ValueError(f"{name} is not among the instantiations kernels/gpu declares for {file}; add it to the "
+                             "DECLARED list of the module that launches it")
+        entry = _FUNCTIONS[key] = [module(file, names).get_function(name), 48 * 1024]
+    kernel, allowed = entry
+    if shared_bytes > allowed:
+        limit = max_shared_bytes()
+        if shared_bytes > limit:
+            raise ValueError(f"{name} needs {shared_bytes} bytes of shared memory per block, this GPU allows {limit}")
+        kernel.max_dynamic_shared_size_bytes = shared_bytes
+        entry[1] = shared_bytes
+    return kernel
+
+
+def max_shared_bytes() -> int:
+    """Shared memory one block may opt in to on the current GPU."""
+    cp = cupy()
+    attr = cp.cuda.runtime.cudaDevAttrMaxSharedMemoryPerBlockOptin
+    return cp.cuda.runtime.deviceGetAttribute(attr, cp.cuda.runtime.getDevice())
+
+
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device: int) -> int:
+    cp = cupy()
+    return cp.cuda.runtime.deviceGetAttribute(cp.cuda.runtime.cudaDevAttrMultiProcessorCount, device)
+
+
+def multiprocessors() -> int:
+    return _multiprocessors(cupy().cuda.runtime.getDevice())
+
+
+def blocks_for(n: int, threads: int = 256, cap: int | None = None) -> int:
+    """Blocks of `threads` covering n items, at most `cap` (grid-stride loops cover the rest)."""
+    blocks = max(1, -(-int(n) // threads))
+    return min(blocks, cap) if cap else blocks
+
+
+def scalar(dtype, value):
+    """`value` as the C type a kernel argument of `dtype` expects (CuPy passes NumPy scalars by type)."""
+    return np.dtype(dtype).type(value)

@@ -1,0 +1,133 @@
+"""The GPU kernels' CUDA C compiles, without a GPU: every .cu file in kernels/gpu/ compiles with
+nvcc for sm_90 (Hopper) with warnings as errors, every template instantiation the Python side
+launches included (kernels.gpu.DECLARED), and, where libnvrtc is installed, with NVRTC, the
+compiler CuPy uses at run time. So a syntax or type error in a kernel fails here (and in CI,
+which has nvcc), not first on a GPU machine. Also: the declarations and the sources agree, and
+importing minivit and kernels never imports CuPy.
+
+Without nvcc (or libnvrtc) those tests skip with the reason. MINIVIT_NVRTC=/path/to/libnvrtc.so
+points the NVRTC test at a library outside the usual places.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import kernels.gpu as gpu
+
+ROOT = Path(__file__).resolve().parents[1]
+GPU_DIR = ROOT / "kernels" / "gpu"
+CU_FILES = sorted(p.name for p in GPU_DIR.glob("*.cu"))
+KERNEL = re.compile(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\(")
+
+
+def test_there_are_cu_files_and_each_one_is_declared_by_its_python_module():
+    assert {"attention.cu", "matmul.cu", "normact.cu", "loss.cu", "optim.cu", "dropout.cu"} <= set(CU_FILES)
+    assert set(gpu.DECLARED) == set(CU_FILES), "a .cu file no Python module launches, or a declaration without a file"
+
+
+@pytest.mark.parametrize("name", CU_FILES)
+def test_every_kernel_in_a_cu_file_is_declared_and_every_declaration_names_a_kernel_there(name):
+    defined = set(KERNEL.findall((GPU_DIR / name).read_text()))
+    declared = {expr.split("<")[0] for expr in gpu.DECLARED[name]}
+    assert defined == declared, f"{name}: defined {sorted(defined)}, declared {sorted(declared)}"
+
+
+def _wrapper(tmp_path, name):
+    """A translation unit that includes kernels/gpu/<name> and takes the address of every declared
+    instantiation, which makes nvcc instantiate (and so type-check) each template."""
+    refs = ", ".join(f"(void*)&{expr}" for expr in gpu.DECLARED[name])
+    path = tmp_path / f"check_{name}"
+    path.write_text(f'#include "{GPU_DIR / name}"\nvoid* minivit_declared[] = {{{refs}}};\n')
+    return path
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed (CI has it)")
+@pytest.mark.parametrize("name", CU_FILES)
+def test_every_cu_file_compiles_with_nvcc_for_sm90_warnings_as_errors(name, tmp_path):
+    src = _wrapper(tmp_path, name)
+    result = subprocess.run(["nvcc", "-arch=sm_90", "-std=c++17", "-Werror", "all-warnings", "-c", str(src),
+                             "-o", str(tmp_path / "out.o")], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"nvcc failed on {name}:\n{result.stderr[-4000:]}"
+
+
+def _find_nvrtc():
+    """libnvrtc (its builtins library loaded first, from the same folder), or None."""
+    candidates = [os.environ.get("MINIVIT_NVRTC")] if os.environ.get("MINIVIT_NVRTC") else []
+    homes = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda",
+             *sorted(glob.glob("/usr/local/cuda-*"), reverse=True)]
+    for home in filter(None, homes):
+        candidates += sorted(glob.glob(os.path.join(home, "lib*", "libnvrtc.so*")), reverse=True)
+    for entry in sys.path:  # the NVIDIA wheels (nvidia-cuda-nvrtc, cuda-toolkit) of this Python
+        candidates += sorted(glob.glob(os.path.join(entry, "nvidia", "*", "lib", "libnvrtc.so*")), reverse=True)
+    found = ctypes.util.find_library("nvrtc")
+    if found:
+        candidates.append(found)
+    for path in candidates:
+        if "builtins" in os.path.basename(path) or ".alt." in os.path.basename(path):
+            continue
+        try:
+            for builtins in glob.glob(os.path.join(os.path.dirname(path), "libnvrtc-builtins.so*")):
+                if ".alt." not in builtins:
+                    ctypes.CDLL(builtins, mode=getattr(os, "RTLD_GLOBAL", 0))
+            return ctypes.CDLL(path)
+        except OSError:
+            continue
+    return None
+
+
+NVRTC = _find_nvrtc()
+
+
+def _nvrtc_compile(lib, name):
+    """(result code, log) of NVRTC on kernels/gpu/<name> with its declared name expressions."""
+    prog = ctypes.c_void_p()
+    source = (GPU_DIR / name).read_bytes()
+    assert lib.nvrtcCreateProgram(ctypes.byref(prog), source, name.encode(), 0, None, None) == 0
+    try:
+        for expr in gpu.DECLARED[name]:
+            assert lib.nvrtcAddNameExpression(prog, expr.encode()) == 0
+        options = [o.encode() for o in (*gpu.runtime.OPTIONS, "--gpu-architecture=compute_90")]
+        code = lib.nvrtcCompileProgram(prog, len(options), (ctypes.c_char_p * len(options))(*options))
+        size = ctypes.c_size_t()
+        lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+        log = ctypes.create_string_buffer(size.value)
+        lib.nvrtcGetProgramLog(prog, log)
+        return code, log.value.decode(errors="replace")
+    finally:
+        lib.nvrtcDestroyProgram(ctypes.byref(prog))
+
+
+@pytest.mark.skipif(NVRTC is None, reason="libnvrtc not found (set MINIVIT_NVRTC=/path/to/libnvrtc.so)")
+@pytest.mark.parametrize("name", CU_FILES)
+def test_every_cu_file_compiles_with_nvrtc_as_cupy_compiles_it(name):
+    code, log = _nvrtc_compile(NVRTC, name)
+    assert code == 0, f"NVRTC failed on {name}:\n{log[-4000:]}"
+    assert "warning" not in log.lower(), f"NVRTC warned on {name}:\n{log[-4000:]}"
+
+
+def test_importing_minivit_and_listing_every_kernel_never_imports_cupy():
+    code = ("import sys, kernels, minivit; kernels.available(); kernels.get('attention', 'gpu'); "
+            "import minivit.cli, minivit.train; print('cupy' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+def test_every_gpu_default_is_a_registered_gpu_version_with_a_description():
+    import kernels
+
+    assert set(kernels.DEFAULTS["gpu"]) == set(kernels.OPS)
+    for op, name in kernels.DEFAULTS["gpu"].items():
+        impl = kernels.find(op, name)
+        assert impl.device == "gpu" and impl.description.strip(), (op, name)
+    assert kernels.BACKENDS["gpu"][0] == "kernels.gpu"
