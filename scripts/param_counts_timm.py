@@ -7,7 +7,7 @@ device, so even ViT-Huge costs no memory.
 Needs timm, so run it in the separate environment described at the top of
 ``scripts/make_timm_fixture.py``, from the repository root::
 
-    /tmp/timmenv/bin/python scripts/param_counts_timm.py
+    PYTHONPATH=. /path/to/timm-env/bin/python scripts/param_counts_timm.py
 
 Every variant uses timm's defaults: qkv_bias=True, a class token, 'token'
 pooling, final LayerNorm, learned position embedding, mlp_ratio 4.
@@ -54,6 +54,8 @@ def variants() -> dict:
         img_size=32, patch_size=4, num_classes=10, embed_dim=128, depth=6, num_heads=4, mlp_ratio=2.0)
     out["vit_demo_patch4_32"] = dict(
         img_size=32, patch_size=4, num_classes=10, embed_dim=96, depth=4, num_heads=3, mlp_ratio=2.0)
+    out["vit_nano_patch8_32"] = dict(
+        img_size=32, patch_size=8, num_classes=10, embed_dim=64, depth=3, num_heads=4, mlp_ratio=2.0)
     out["vit_testing"] = dict(
         img_size=32, patch_size=8, num_classes=10, embed_dim=32, depth=2, num_heads=2)
     for name, kw in out.items():

@@ -276,7 +276,13 @@ def test_demo_trains_and_prints_test_accuracy(tmp_path, capsys, monkeypatch):
     assert match, out
     assert 0.0 <= float(match.group(1)) <= 100.0
     assert (out_dir / "best.npz").is_file() and (out_dir / "curves.png").is_file()
-    assert load_checkpoint(out_dir)["meta"]["train_config"]["model"] == "vit_demo_patch4_32"
+    assert load_checkpoint(out_dir)["meta"]["train_config"]["model"] == "vit_nano_patch8_32"
+    # one line per class, whose right answers add up to the test accuracy printed above
+    rows = re.findall(r"^  (\S+)\s+\d+\.\d%  \((\d+)/(\d+)\)$", out, re.M)
+    assert len(rows) == 10 and sum(int(seen) for _, _, seen in rows) == 400
+    assert abs(sum(int(right) for _, right, _ in rows) / 400 - float(match.group(1)) / 100) < 0.0006
+    assert "most confused:" in out or "no test image was confused" in out
+    assert f"curves: {out_dir / 'curves.png'}" in out
 
 
 def test_kernels_lists_every_op_and_marks_one_running_implementation_per_op(capsys):

@@ -52,6 +52,7 @@ PARAM_COUNTS = {
     "vit_cifar_patch4_32": 2_693_578,
     "vit_mini_patch4_32": 811_146,
     "vit_demo_patch4_32": 311_338,
+    "vit_nano_patch8_32": 114_698,
     "vit_testing": 32_554,
 }
 # ViT-B/16 at 224 with 1000 classes, the number quoted for timm's and the paper's "86M" model.

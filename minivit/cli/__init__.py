@@ -1,7 +1,7 @@
 """The `minivit` command: train, eval, predict, demo, analyze, fewshot, convert, sweep, bench,
 kernels, models, recipes.
 
-    minivit demo                                     # procedural shapes, ~2 minutes on a laptop CPU
+    minivit demo                                     # procedural shapes, about a minute on 2 cores
     minivit train --data-dir ../shared/data/cifar10-jpeg --epochs 10 --out runs/cifar
     minivit train --resume --out runs/cifar          # continue exactly where it stopped
     minivit eval runs/cifar/best.npz
@@ -58,7 +58,7 @@ def build_parser():
     add_device_arg(pr)
     pr.set_defaults(func=cmd_predict)
 
-    d = sub.add_parser("demo", help="train a small ViT on procedural data (about two minutes)")
+    d = sub.add_parser("demo", help="train a small ViT on procedural shapes (about a minute)")
     d.add_argument("--epochs", type=positive_int, default=6)
     d.add_argument("--num-samples", type=positive_int, default=10000, help="training images (at least 128)")
     d.add_argument("--seed", type=nonnegative_int, default=0)

@@ -83,7 +83,7 @@ _TRAIN_HELP = {
     "low_res_fraction": "; the fraction of the budget (steps, or --time-limit with --schedule-by time) spent at "
                         "--low-res-size",
 }
-DATASETS = ("cifar10", "procedural", "folder", "fashion_mnist")  # minivit.data.DATASETS, without importing it
+DATASETS = ("cifar10", "procedural", "procedural_easy", "folder", "fashion_mnist")  # minivit.data.DATASETS, without importing it
 
 
 def add_device_arg(p):

@@ -31,3 +31,18 @@ def evaluate(model, loader, label_smoothing=0.0, flip_tta=False):
     model.train(was_training)
     total_loss, correct = float(_device.to_host(total_loss)), int(_device.to_host(correct))
     return total_loss / max(count, 1), correct / max(count, 1)
+
+
+def confusion_matrix(model, loader, num_classes):
+    """(K, K) int64 counts over a loader: row = true class, column = predicted class."""
+    import numpy as np
+
+    was_training = model.training
+    model.eval()
+    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
+    with no_grad():
+        for x, y in loader.epoch(0):
+            predicted = _device.to_host(model(Tensor(x)).data.argmax(axis=1))
+            np.add.at(counts, (_device.to_host(y), predicted), 1)
+    model.train(was_training)
+    return counts
