@@ -260,3 +260,29 @@ def test_pretraining_refuses_a_model_that_is_not_a_plain_vit(tmp_path):
 def test_a_corruption_is_plain_data():
     c = draw_corruption(2, 4, np.random.default_rng(0))
     assert isinstance(c, Corruption) and all(a.shape == (2, 4) for a in (c.corrupted, c.masked, c.randomised, c.source))
+
+
+def test_minivit_pretrain_then_train_init_from_its_encoder_from_the_command_line(tmp_path, capsys):
+    from minivit.cli import main
+    from minivit.train.checkpoint import load_checkpoint
+
+    data = ["--dataset", "procedural", "--num-samples", "256", "--val-size", "0", "--batch-size", "64",
+            "--epochs", "1", "--no-progress"]
+    run = tmp_path / "mpp"
+    assert main(["pretrain", "--model", "vit_testing", "--mask-ratio", "0.25", *data, "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "25% of each image's 16 patches corrupted, 512 colour classes" in out
+    assert f"encoder for fine-tuning: {run / 'encoder.npz'}" in out
+    saved = load_checkpoint(run / "checkpoint.npz")["meta"]["train_config"]
+    assert saved["objective"] == "mpp" and saved["mask_ratio"] == 0.25
+    assert main(["train", "--model", "vit_testing", "--init-from", str(run / "encoder.npz"), *data,
+                 "--no-test", "--out", str(tmp_path / "ft")]) == 0
+    encoder = load_checkpoint(run / "encoder.npz")["model"]
+    tuned = load_checkpoint(tmp_path / "ft" / "checkpoint.npz")
+    assert "mask_token" not in encoder and tuned["model"]["head.weight"].shape == (10, 32)
+    # pre-training refuses what it cannot do, with one line and no traceback
+    assert main(["pretrain", "--model", "vit_testing", *data, "--init-from", str(run / "encoder.npz"),
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "init_from is for fine-tuning" in capsys.readouterr().err
+    assert main(["pretrain", "--model", "resnetv2_testing", *data, "--out", str(tmp_path / "bad2")]) == 2
+    assert "masked patch prediction pre-trains a ViT" in capsys.readouterr().err

@@ -20,11 +20,11 @@ import argparse
 import os
 import sys
 
-from .args import (DATASETS, add_device_arg, add_train_args, shown, name_list, nonnegative_int, positive_float,
-                   positive_int, positive_int_list, train_config_from_args)
+from .args import (DATASETS, add_device_arg, add_train_args, shown, name_list, nonnegative_float, nonnegative_int,
+                   positive_float, positive_int, positive_int_list, train_config_from_args)
 from .checkpoints import cmd_analyze, cmd_convert, cmd_eval, cmd_fewshot, cmd_predict
 from .listing import cmd_bench, cmd_kernels, cmd_models, cmd_recipes
-from .training import cmd_demo, cmd_sweep, cmd_train
+from .training import cmd_demo, cmd_pretrain, cmd_sweep, cmd_train
 
 __all__ = ["build_parser", "main", "train_config_from_args"]
 
@@ -41,6 +41,21 @@ def build_parser():
                    help="--backend jax: data parallel over this many devices (default all; on a CPU, "
                         "this many host devices)")
     t.set_defaults(func=cmd_train)
+
+    pt = sub.add_parser("pretrain", help="self-supervised pre-training of a ViT: masked patch prediction "
+                                         "(then: minivit train --init-from RUN/encoder.npz)")
+    add_train_args(pt)
+    pt.add_argument("--objective", choices=["mpp"], default="mpp",
+                    help="mpp: predict the 3-bit mean colour of corrupted patches (paper Sec. 4.6)")
+    pt.add_argument("--mask-ratio", type=positive_float, help="fraction of each image's patches corrupted "
+                                                              "(default 0.5)")
+    pt.add_argument("--mask-token-prob", type=nonnegative_float, help="of those, replaced by the [mask] "
+                                                                      "embedding (default 0.8)")
+    pt.add_argument("--random-patch-prob", type=nonnegative_float, help="... by another patch's embedding "
+                                                                        "(default 0.1; the rest are kept)")
+    pt.add_argument("--mpp-bits", type=positive_int, help="bits per channel of the colour target (default 3: "
+                                                          "512 classes)")
+    pt.set_defaults(func=cmd_pretrain)
 
     e = sub.add_parser("eval", help="accuracy of a checkpoint on a dataset split")
     e.add_argument("checkpoint")

@@ -134,13 +134,15 @@ def add_train_args(p):
     p.add_argument("--no-progress", action="store_true")
 
 
-def train_config_from_args(args):
-    """TrainConfig from: defaults < recipe < --resume's saved config < explicit flags; the model
-    it names is built as a config (no weights) to check its options and its size first."""
+def train_config_from_args(args, cls=None):
+    """TrainConfig (or its subclass `cls`, e.g. PretrainConfig) from: defaults < recipe < --resume's
+    saved config < explicit flags; the model it names is built as a config (no weights) to check
+    its options and its size first."""
     from ..train.recipes import get_recipe
     from ..train import TrainConfig
 
-    values = asdict(TrainConfig())
+    cls = cls or TrainConfig
+    values = asdict(cls())
     if args.recipe:
         values.update(get_recipe(args.recipe))
     if args.resume:
@@ -165,7 +167,7 @@ def train_config_from_args(args):
     if args.no_qkv_bias:
         model_kwargs["qkv_bias"] = False
     values["model_kwargs"] = model_kwargs
-    for f in fields(TrainConfig):
+    for f in fields(cls):
         value = getattr(args, f.name, None)
         if value is not None and f.name not in ("model_kwargs",):
             values[f.name] = value
@@ -187,7 +189,7 @@ def train_config_from_args(args):
         values["out_dir"] = args.out
     elif not args.resume:
         values["out_dir"] = f"runs/{values['model']}-{time.strftime('%Y%m%d-%H%M%S')}"
-    cfg = checked_config(TrainConfig.from_dict, values, "training options")
+    cfg = checked_config(cls.from_dict, values, "training options")
     check_model_options(cfg.model, cfg.model_kwargs)
     return cfg
 

@@ -1,4 +1,4 @@
-"""`minivit train`, `minivit demo` and `minivit sweep`."""
+"""`minivit train`, `minivit pretrain`, `minivit demo` and `minivit sweep`."""
 from __future__ import annotations
 
 import time
@@ -36,6 +36,29 @@ def cmd_train(args):
     minutes = (time.perf_counter() - start) / 60
     summary = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in final.items())
     print(f"done in {minutes:.1f} min: {summary}\nrun folder: {trainer.out}")
+    return 0
+
+
+def cmd_pretrain(args):
+    """Masked patch prediction (train/pretrain.py): the run folder gets encoder.npz, the ViT without
+    its [mask] embedding and colour head, for `minivit train --init-from`."""
+    from ..train.pretrain import PretrainConfig, PretrainTrainer
+
+    if args.device not in (None, "cpu"):
+        raise SystemExit("minivit pretrain runs on the CPU (its corruption and targets are NumPy arrays)")
+    cfg = train_config_from_args(args, cls=PretrainConfig)
+    trainer = PretrainTrainer(cfg, resume=args.resume)
+    c = trainer.model.config
+    print(f"pre-training {cfg.model} by masked patch prediction: {trainer.model.num_parameters():,} parameters, "
+          f"{cfg.mask_ratio:.0%} of each image's {c.grid_size[0] * c.grid_size[1]} patches corrupted, "
+          f"{c.num_classes} colour classes; {len(trainer.train_set)} training images (labels unused); "
+          f"run folder {trainer.out}")
+    start = time.perf_counter()
+    final = trainer.fit()
+    summary = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in final.items())
+    print(f"done in {(time.perf_counter() - start) / 60:.1f} min: {summary}\n"
+          f"encoder for fine-tuning: {trainer.out / 'encoder.npz'}\n"
+          f"next: minivit train --model {cfg.model} --init-from {trainer.out / 'encoder.npz'} ...")
     return 0
 
 
