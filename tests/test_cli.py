@@ -387,3 +387,16 @@ def test_devices_without_the_jax_backend_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit, match="--devices needs --backend jax"):
         main(["train", "--model", "vit_testing", "--dataset", "procedural", "--devices", "2",
               "--out", str(tmp_path / "run")])
+
+
+def test_models_lists_the_other_families_on_request(capsys):
+    assert main(["models"]) == 0
+    vits = capsys.readouterr().out.splitlines()
+    assert vits and all(" patch " in line for line in vits)  # the ViTs alone by default
+    assert main(["models", "--family", "resnetv2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("resnetv2_50x1_bit ") and "the family's defaults" in line for line in lines)
+    assert all(line.split()[1] == "resnetv2:" for line in lines)
+    assert main(["models", "r50", "--family", "all"]) == 0
+    assert any(line.startswith("vit_base_r50_s16_224 ") and "hybrid:" in line for line in capsys.readouterr().out.splitlines())
+    assert main(["models", "nothing-like-this", "--family", "axial"]) == 1

@@ -133,6 +133,8 @@ def build_parser():
 
     m = sub.add_parser("models", help="list named model variants")
     m.add_argument("pattern", nargs="?")
+    m.add_argument("--family", choices=["vit", "resnetv2", "hybrid", "axial", "all"], default="vit",
+                   help="vit (default): ViTs; resnetv2, hybrid, axial: the paper's other systems; all")
     m.set_defaults(func=cmd_models)
 
     r = sub.add_parser("recipes", help="list named training recipes")

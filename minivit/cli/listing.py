@@ -25,16 +25,23 @@ def cmd_kernels(args):
 
 
 def cmd_models(args):
-    from ..variants import list_models, model_config
+    from ..variants import family_of, list_models, model_config
 
-    names = list_models(args.pattern)
+    family = None if args.family == "all" else args.family
+    names = list_models(args.pattern, family=family)
     if not names:
-        print(f"no model name matches {args.pattern!r}; `minivit models` lists them all", file=sys.stderr)
+        print(f"no {'' if family is None else family + ' '}model name matches {args.pattern!r}; "
+              "`minivit models --family all` lists them all", file=sys.stderr)
         return 1
     for name in names:
         c = model_config(name)
-        print(f"{name:28s} img {c.img_size:3d}  patch {c.patch_size:2d}  depth {c.depth:2d}  "
-              f"width {c.embed_dim:4d}  heads {c.num_heads:2d}  classes {c.num_classes}")
+        if family_of(name) == "vit":
+            print(f"{name:28s} img {c.img_size:3d}  patch {c.patch_size:2d}  depth {c.depth:2d}  "
+                  f"width {c.embed_dim:4d}  heads {c.num_heads:2d}  classes {c.num_classes}")
+        else:  # the options where the variant differs from its family's defaults
+            defaults = type(c)().to_dict()
+            options = "  ".join(f"{k} {v}" for k, v in c.to_dict().items() if k != "arch" and defaults.get(k) != v)
+            print(f"{name:28s} {family_of(name)}: " + (options or "the family's defaults"))
     return 0
 
 
