@@ -22,8 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-import kernels  # noqa: F401  (before NumPy: it sets OPENBLAS_THREAD_TIMEOUT, see kernels/__init__.py)
-import numpy as np
+import numpy as np  # first, as in a user's script: minivit's speed does not depend on the order
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -149,10 +148,7 @@ def main(argv=None):
     p.add_argument("--save", help="write the results as JSON here (refused on a busy machine)")
     p.add_argument("--force-save", action="store_true", help="save even when the machine is busy")
     args = p.parse_args(argv)
-    import kernels as k
-
-    k.available()  # minivit's kernels load before torch (see benchmarks/train_step.py on OpenMP pools)
-    import torch
+    import torch  # before minivit, as in a user's script (kernels/cpu/threads.py makes the order irrelevant)
 
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]

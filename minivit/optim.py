@@ -145,12 +145,13 @@ class AdamW(Optimizer):
             todo.setdefault((device_of(p.data), p.data.dtype), []).append((p, g, state, group, wd))
         for (device, _), items in todo.items():
             impl = kernels.get("adamw_update", device)
-            if impl.foreach is not None:
-                impl.foreach([p.data for p, *_ in items], [g for _, g, *_ in items],
-                             [s["exp_avg"] for _, _, s, _, _ in items], [s["exp_avg_sq"] for _, _, s, _, _ in items],
-                             lr=[grp["lr"] for *_, grp, _ in items], beta1=[grp["betas"][0] for *_, grp, _ in items],
-                             beta2=[grp["betas"][1] for *_, grp, _ in items], eps=[grp["eps"] for *_, grp, _ in items],
-                             weight_decay=[wd for *_, wd in items], step=[s["step"] for _, _, s, _, _ in items])
+            if impl.foreach is not None:  # one call for every parameter: one list per argument
+                params, grads, states, groups, decays = zip(*items)
+                impl.foreach([p.data for p in params], list(grads),
+                             [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                             lr=[g["lr"] for g in groups], beta1=[g["betas"][0] for g in groups],
+                             beta2=[g["betas"][1] for g in groups], eps=[g["eps"] for g in groups],
+                             weight_decay=list(decays), step=[s["step"] for s in states])
                 continue
             for p, g, state, group, wd in items:
                 beta1, beta2 = group["betas"]

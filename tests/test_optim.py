@@ -218,6 +218,39 @@ def test_adamw_with_every_registered_update_kernel_matches_the_reference(impl, d
             np.testing.assert_allclose(y, x, rtol=rtol, atol=rtol * 1e-2)
 
 
+def test_adamw_hands_a_foreach_kernel_one_list_per_argument_and_updates_exactly_as_one_by_one(monkeypatch):
+    """The multi-tensor path (the GPU's one-launch AdamW) with a CPU stand-in: per-group learning
+    rates and weight decays (the decay exemptions) reach each parameter's slot of the lists."""
+    from kernels import registry
+
+    ref = registry.find("adamw_update", "reference")
+    calls = []
+
+    def foreach(ps, gs, ms, vs, *, lr, beta1, beta2, eps, weight_decay, step):
+        calls.append(len(ps))
+        for i in range(len(ps)):
+            ref.forward(ps[i], gs[i], ms[i], vs[i], lr=lr[i], beta1=beta1[i], beta2=beta2[i], eps=eps[i],
+                        weight_decay=weight_decay[i], step=step[i])
+
+    monkeypatch.setitem(registry._TABLE["adamw_update"], "test_foreach",
+                        registry.Impl("adamw_update", "test_foreach", "cpu", ref.forward, None, "stand-in", foreach))
+    init, grads = _problem(4)
+
+    def make(params):
+        params = list(params)
+        return optim.AdamW([{"params": params[:1], "lr": 0.02, "weight_decay": 0.0},
+                            {"params": params[1:]}], lr=0.01, weight_decay=0.1)
+
+    with kernels.use(adamw_update="reference"):
+        expected = _run_ours(make, init, grads)
+    with kernels.use(adamw_update="test_foreach"):
+        got = _run_ours(make, init, grads)
+    assert calls and all(n == len(init) for n in calls)  # every parameter in one call, every step
+    for a, b in zip(expected, got):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(y, x)
+
+
 # ---- gradient clipping ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("max_norm", [0.5, 1e6])
