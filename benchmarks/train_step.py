@@ -19,8 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-import kernels  # noqa: F401  (before NumPy: it sets OPENBLAS_THREAD_TIMEOUT, see kernels/__init__.py)
-import numpy as np
+import numpy as np  # first, as in a user's script
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -48,16 +47,13 @@ def matmul_peak(n=2048, repeats=5):
 
 
 def run(args):
-    # Load minivit's kernels before torch: kernels.cpu sets OMP_WAIT_POLICY=PASSIVE, which libgomp
-    # reads when it is loaded. torch ships a libgomp that Numba's OpenMP layer then shares, so with
-    # torch imported first both pools spin between launches and minivit's steps ran 1.37x slower
-    # (2.89 vs 2.11 s) even with torch idle. Both frameworks run with passive pools here.
-    import kernels
-    import minivit
-
-    kernels.available()
+    # torch before minivit, as a user's script does. (This benchmark used to load minivit first so
+    # that its OMP_WAIT_POLICY=PASSIVE reached torch's libgomp too, which slowed torch; since
+    # kernels/cpu/threads.py the order makes no difference to minivit.)
     import torch
     from torch_vit import from_minivit
+
+    import minivit
 
     torch.set_num_threads(args.threads)
     minivit.manual_seed(0)
