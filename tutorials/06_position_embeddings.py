@@ -30,7 +30,7 @@
 # Time: about 5 s on 2 idle cores.
 
 # %%
-import minivit  # first: it sets OpenBLAS's thread timeout before NumPy loads OpenBLAS (README)
+import minivit
 import os
 from pathlib import Path
 

@@ -32,7 +32,7 @@
 # Topics (see tutorials/README.md): T8 (inside the model), T3. Time: about 10 s on 2 idle cores.
 
 # %%
-import minivit  # first: it sets OpenBLAS's thread timeout before NumPy loads OpenBLAS (README)
+import minivit
 import os
 from pathlib import Path
 

@@ -31,7 +31,7 @@
 # for fine-tuning). Time: about 5 s on 2 idle cores.
 
 # %%
-import minivit  # first: it sets OpenBLAS's thread timeout before NumPy loads OpenBLAS (README)
+import minivit
 import math
 import os
 from pathlib import Path

@@ -30,7 +30,7 @@
 # Topics (see tutorials/README.md): T11 (metrics). Time: about 10 s on 2 idle cores.
 
 # %%
-import minivit  # first: it sets OpenBLAS's thread timeout before NumPy loads OpenBLAS (README)
+import minivit
 import os
 from pathlib import Path
 

@@ -30,7 +30,7 @@
 # (compute cost). Time: about 5 s on 2 idle cores.
 
 # %%
-import kernels  # first: it sets OpenBLAS's thread timeout before NumPy loads OpenBLAS (README)
+import kernels
 import os
 from pathlib import Path
 

@@ -32,7 +32,7 @@
 # STYLE.md rules 3-5 and 16. Time: a few seconds on 2 idle cores.
 
 # %%
-import kernels  # first: it sets OpenBLAS's thread timeout before NumPy loads OpenBLAS (README)
+import kernels
 import os
 from pathlib import Path
 

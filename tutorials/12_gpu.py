@@ -31,7 +31,7 @@
 # run of a machine compiles the .cu files, then CuPy caches them).
 
 # %%
-import kernels  # first: it sets OpenBLAS's thread timeout before NumPy loads OpenBLAS (README)
+import kernels
 import json
 import os
 from pathlib import Path
