@@ -14,12 +14,12 @@ the TrainConfig they make with as much of minivit as a PyTorch run can share:
     the rest         label smoothing, gradient clipping, the weight EMA (train.ema's decay rule),
                      flip TTA, the test set every epoch / at the end, the switch to full
                      resolution (pos_embed and its AdamW moments resampled with
-                     train.finetune.resize_pos_embed), a time limit that counts evaluations
+                     posemb.resize_pos_embed), a time limit that counts evaluations
 What differs: dropout's random numbers, float summation orders, PyTorch's kernels. No --resume.
 
-    PYTHONPATH=. /work/timm-venv/bin/python benchmarks/torch_cifar.py --recipe cifar10-hour-next \\
-        --data-dir ../shared/data/cifar10-jpeg --out runs/torch-hour-next
-    PYTHONPATH=. /work/timm-venv/bin/python benchmarks/torch_cifar.py --recipe cifar10-hour-next \\
+    PYTHONPATH=. /work/timm-venv/bin/python benchmarks/torch_cifar.py --recipe cifar10-hour-all \\
+        --data-dir ../shared/data/cifar10-jpeg --out runs/torch-hour-all
+    PYTHONPATH=. /work/timm-venv/bin/python benchmarks/torch_cifar.py --recipe cifar10-hour-all \\
         --dataset procedural --num-samples 512 --max-steps 5 --out /tmp/torch-smoke     # a smoke test
 
 Prints a line per epoch (images/s of training, losses, accuracies) and writes metrics.json (the
@@ -46,10 +46,10 @@ from minivit import posemb, rng
 from minivit.cli.args import add_train_args, train_config_from_args
 from minivit.data.transforms import area_resize
 from minivit.optim import WarmupSchedule
+from minivit.posemb import resize_pos_embed
 from minivit.train import param_groups
 from minivit.train.budget import TimeBudgetSchedule
 from minivit.train.ema import ema_decay_at
-from minivit.train.finetune import resize_pos_embed
 from minivit.variants import create_model
 from minivit.vit import mimetic_init
 

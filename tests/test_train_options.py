@@ -434,9 +434,9 @@ def test_every_new_option_has_a_flag_of_minivit_train():
     add_train_args(parser)
     cfg = train_config_from_args(parser.parse_args(FLAGS + ["--out", "x"]))
     assert {k: getattr(cfg, k) for k in NEW_OPTIONS} == NEW_OPTIONS and cfg.time_limit == 60.0
-    default = train_config_from_args(parser.parse_args(["--recipe", "cifar10-hour-next", "--out", "x"]))
+    default = train_config_from_args(parser.parse_args(["--recipe", "cifar10-hour-all", "--out", "x"]))
     assert default.flip_tta is True and default.ema_warmup is True  # an absent flag keeps the recipe's value
-    off = train_config_from_args(parser.parse_args(["--recipe", "cifar10-hour-next", "--out", "x", "--no-flip-tta",
+    off = train_config_from_args(parser.parse_args(["--recipe", "cifar10-hour-all", "--out", "x", "--no-flip-tta",
                                                     "--low-res-size", "0", "--ema-decay", "0"]))
     assert (off.flip_tta, off.low_res_size, off.low_res_fraction, off.ema_decay) == (False, None, 0.0, 0.0)
     with pytest.raises(SystemExit):
@@ -474,6 +474,16 @@ def test_the_numpy_only_options_are_refused_by_another_backend(tmp_path):
 
 
 def test_the_candidate_recipe_is_a_valid_config_with_every_trick_on():
-    cfg = TrainConfig(**get_recipe("cifar10-hour-next"))
+    cfg = TrainConfig(**get_recipe("cifar10-hour-all"))
     assert cfg.schedule_by == "time" and cfg.min_lr == 0 and cfg.ema_decay > 0 and cfg.flip_tta
     assert cfg.low_res_size == 16 and cfg.crop_padding == "reflect" and cfg.init == "mimetic"
+
+
+def test_the_hour_recipe_is_the_ablations_best_a_plain_vit_with_sincos_and_average_pooling():
+    from minivit.cli.args import check_model_options
+
+    cfg = TrainConfig(**get_recipe("cifar10-hour"))
+    assert cfg.init == "timm" and cfg.schedule_by == "time" and cfg.time_limit < 3600 and cfg.eval_test == "end"
+    model = check_model_options(cfg.model, cfg.model_kwargs)
+    assert (model.pos_embed, model.global_pool, model.class_token) == ("sincos", "avg", False)
+    assert model.patch_size == 4  # a linear patch projection: no convolutional stem

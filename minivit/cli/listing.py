@@ -30,8 +30,9 @@ def cmd_models(args):
     family = None if args.family == "all" else args.family
     names = list_models(args.pattern, family=family)
     if not names:
-        print(f"no {'' if family is None else family + ' '}model name matches {args.pattern!r}; "
-              "`minivit models --family all` lists them all", file=sys.stderr)
+        among = "" if family is None else f" among the {family} models"
+        print(f"no model name matches {args.pattern!r}{among}; `minivit models --family all` lists them all",
+              file=sys.stderr)
         return 1
     for name in names:
         c = model_config(name)

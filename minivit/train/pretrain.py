@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import optim, rng
+from .. import rng
 from ..autograd import no_grad
 from ..mpp import draw_corruption, mean_colour_targets, mpp_loss, pixels_from_normalized
 from ..vit import ViT
@@ -77,12 +77,7 @@ class PretrainTrainer(Trainer):
         value = float(loss.item())
         if not math.isfinite(value):
             raise FloatingPointError(f"loss is {value} at step {self.step}; lower --lr or raise --warmup-epochs")
-        loss.backward()
-        if cfg.grad_clip:
-            optim.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad()
-        self.schedule.step()
+        self.update(loss)
         per_image = plan.corrupted.sum() / len(x)
         return value, float(correct / per_image)
 

@@ -189,12 +189,7 @@ class Trainer:
         lr = self.schedule.get_last_lr()[0]
         logits = self.model(Tensor(x))  # a Tensor: the model takes NumPy and CuPy batches alike
         loss = F.cross_entropy(logits, y, cfg.label_smoothing)
-        loss.backward()
-        if cfg.grad_clip:
-            optim.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad()
-        self.schedule.step()
+        self.update(loss)
         xp = _device.array_module(logits.data)
         hits = (logits.data.argmax(axis=1) == xp.asarray(y)).sum()
         value, correct = _device.to_host(xp.stack([loss.data.astype(xp.float64), hits.astype(xp.float64)])).tolist()
@@ -205,6 +200,16 @@ class Trainer:
                 + (f" The last good checkpoint is {self.out / 'checkpoint.npz'}"
                    if (self.out / "checkpoint.npz").exists() else ""))
         return value, int(correct)
+
+    def update(self, loss):
+        """Backward from `loss`, clip the gradients (cfg.grad_clip), one optimizer step, zeroed
+        gradients, the schedule one step on: what every training objective does with its loss."""
+        loss.backward()
+        if self.cfg.grad_clip:
+            optim.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        self.schedule.step()
 
     # ---- the loop ------------------------------------------------------------------------------
     def fit(self):
