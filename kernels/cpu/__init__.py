@@ -10,4 +10,8 @@ from .threads import choose_threading_layer  # noqa: E402
 
 choose_threading_layer()  # before the first parallel launch: see threads.py
 
+from .memory import apply_default as _keep_freed_memory  # noqa: E402
+
+_keep_freed_memory()  # arrays from memory already touched, not fresh pages: see memory.py
+
 from . import attention, conv, dense, loss, normact, optim  # noqa: E402,F401  (each registers its versions)
