@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -262,7 +263,11 @@ def main(argv=None):
             records[-1]["stopped"] = stop
             break
     result = {"config": asdict(cfg), "torch": torch.__version__, "timm": timm.__version__,
-              "threads": torch.get_num_threads(), "epochs": records, "final": records[-1] if records else {}}
+              "threads": torch.get_num_threads(),
+              # minivit's malloc settings (kernels/cpu/memory.py) apply only once its CPU kernels load
+              "glibc_keeps_freed_memory": bool(sys.modules.get("kernels.cpu.memory")
+                                               and sys.modules["kernels.cpu.memory"].keeping_freed_memory()),
+              "epochs": records, "final": records[-1] if records else {}}
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     print(f"wrote {out / 'metrics.json'}")
     return result

@@ -10,7 +10,7 @@ Read in this order: autograd.py (Tensor, Function, backward), functional.py (the
 nn.py (Module, Linear, LayerNorm), vit.py (the model, Eq. 1-4) with posemb.py and variants.py,
 optim.py (AdamW). Grouped below: data/, train/, analysis/; interop.py and cli.py at the edge.
 """
-import kernels  # noqa: F401  (first: it sets OpenBLAS's thread timeout before NumPy loads OpenBLAS)
+import kernels  # noqa: F401  (the fused ops' registry; the CPU kernels load on first use)
 
 from . import functional, nn, optim
 from .autograd import Function, Tensor, enable_grad, is_grad_enabled, no_grad, tensor
