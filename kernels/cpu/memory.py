@@ -8,9 +8,9 @@ with a fresh mmap, and returns the top of its heap to the system whenever more t
 threshold (twice the mmap threshold) lies free there. Either way, the next array of that size is
 memory the kernel has to find again: one page fault per 4 KiB page, each zeroing its page,
 before the product or the GELU that fills it can start. A 25.6 MB array is 6,250 faults. In the
-per-op profile (benchmarks/profile_step.py) this shows up as slow element-wise kernels (GELU's
-forward at 7.5 ms a step where `python -m kernels.bench gelu` times 1.5 ms on reused memory) and
-as time "between kernels" (autograd's adds write fresh arrays too).
+per-op profile (benchmarks/profile_step.py, vit_mini, batch 128) this showed up as slow
+element-wise kernels (GELU's forward 7.5 ms a step, 1.5 ms once freed memory is reused; LayerNorm's
+12.7 against 3.3 ms) and as time "between kernels" (autograd's adds write fresh arrays too).
 
 `keep_freed_memory()`, called when kernels.cpu is imported, tells glibc (mallopt) to serve every
 request up to 32 MiB (the largest mmap threshold glibc accepts) from its heap and to keep up to
