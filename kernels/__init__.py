@@ -6,6 +6,7 @@
     bench.py             checks every version against the reference, then times it
     cpu/threads.py       who runs the CPU work: one policy for BLAS and Numba threads, whatever
                          order a script imports NumPy, PyTorch and minivit in
+    cpu/memory.py        where the arrays come from: glibc keeps freed memory for reuse
 
 `kernels.get(op)` returns the implementation that runs now; `kernels.use(op=name)` swaps one,
 `kernels.use("reference")` runs every op in plain NumPy (see registry.py). This package never
