@@ -243,22 +243,40 @@ def test_sample_shots_returns_exactly_k_per_class_deterministically():
 # ---------------------------------------------------------------------------------------------
 # plots
 # ---------------------------------------------------------------------------------------------
+def saved(fig, path):
+    """The plot functions return the figure and, given a path, write it there as a PNG."""
+    assert isinstance(fig, plots.Figure)
+    png = fig._repr_png_()  # what a notebook shows: the same image as the file
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png == open(path, "rb").read()
+    return str(path)
+
+
 @pytest.mark.parametrize("C", [1, 3])
 def test_embedding_filter_plot_is_a_png(tmp_path, C):
     comps = np.random.default_rng(0).normal(size=(28, 4, 4, C))
-    p = plots.plot_embedding_filters(comps, str(tmp_path / "f.png"), explained=np.full(28, 1 / 28))
-    w, h = assert_png(p, 500, 300)
+    p = tmp_path / "f.png"
+    w, h = assert_png(saved(plots.plot_embedding_filters(comps, p, explained=np.full(28, 1 / 28)), p), 500, 300)
     assert w > h                                                # 7 columns x 4 rows
 
 
 def test_position_similarity_plot_is_a_png(tmp_path):
     sim = analysis.position_embedding_similarity(sincos_2d(8, 8, 32), 8, 0)
-    assert_png(plots.plot_position_similarity(sim, str(tmp_path / "s.png")), 300, 300)
+    p = tmp_path / "s.png"
+    assert_png(saved(plots.plot_position_similarity(sim, p), p), 300, 300)
+
+
+def test_a_plot_without_a_path_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    d = np.random.default_rng(0).uniform(0, 100, size=(12, 6))
+    fig = plots.plot_attention_distance(d, 16, 224)
+    assert isinstance(fig, plots.Figure) and fig._repr_png_()[:4] == b"\x89PNG"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_attention_distance_plot_is_a_png(tmp_path):
     d = np.random.default_rng(0).uniform(0, 100, size=(12, 6))
-    assert_png(plots.plot_attention_distance(d, 16, 224, str(tmp_path / "d.png")), 400, 300)
+    p = tmp_path / "d.png"
+    assert_png(saved(plots.plot_attention_distance(d, 16, 224, p), p), 400, 300)
 
 
 @pytest.mark.parametrize("C,dtype", [(3, np.uint8), (1, np.float64)])
@@ -267,8 +285,8 @@ def test_attention_maps_plot_is_a_png(tmp_path, C, dtype):
     imgs = rng.uniform(0, 1, size=(5, 32, 32, C))
     imgs = (imgs * 255).astype(np.uint8) if dtype == np.uint8 else imgs
     maps = rng.uniform(size=(5, 4, 4))
-    p = plots.plot_attention_maps(imgs, maps, str(tmp_path / "m.png"), titles=list("abcde"))
-    assert_png(p, 400, 150)
+    p = tmp_path / "m.png"
+    assert_png(saved(plots.plot_attention_maps(imgs, maps, p, titles=list("abcde")), p), 400, 150)
 
 
 def test_training_curves_plot_survives_sparse_and_missing_keys(tmp_path):
@@ -276,15 +294,15 @@ def test_training_curves_plot_survives_sparse_and_missing_keys(tmp_path):
     recs += [{"epoch": e, "step": 10 * e, "val_loss": 1.0 / (e + 1), "val_acc": 0.3 + 0.1 * e}
              for e in range(3)]
     recs += [{"test_acc": 0.6}, {"train_loss": None}, "not a dict"]
-    assert_png(plots.plot_training_curves(recs, str(tmp_path / "c.png")), 600, 250)
-    assert_png(plots.plot_training_curves([], str(tmp_path / "empty.png")), 600, 250)
+    assert_png(saved(plots.plot_training_curves(recs, tmp_path / "c.png"), tmp_path / "c.png"), 600, 250)
+    assert_png(saved(plots.plot_training_curves([], tmp_path / "e.png"), tmp_path / "e.png"), 600, 250)
 
 
 def test_sweep_plot_draws_lines_for_numbers_and_bars_for_names(tmp_path):
     rows = [{"patch": p, "acc": 0.5 + p / 100, "model": m} for p in (4, 8) for m in ("S", "T")]
-    assert_png(plots.plot_sweep(rows, "patch", "acc", str(tmp_path / "l.png"), label_key="model"))
+    assert_png(saved(plots.plot_sweep(rows, "patch", "acc", tmp_path / "l.png", label_key="model"), tmp_path / "l.png"))
     rows = [{"opt": o, "acc": a} for o, a in (("adam", 0.8), ("sgd", 0.7))]
-    assert_png(plots.plot_sweep(rows, "opt", "acc", str(tmp_path / "b.png")))
+    assert_png(saved(plots.plot_sweep(rows, "opt", "acc", tmp_path / "b.png"), tmp_path / "b.png"))
 
 
 # ---------------------------------------------------------------------------------------------

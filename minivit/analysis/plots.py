@@ -1,23 +1,46 @@
 """Figures for the paper's analysis (Sec. 4.5, Figs. 6, 7, 10, 11) and for training runs.
 
 Dosovitskiy et al. 2021, "An Image is Worth 16x16 Words". Every function takes plain arrays (the
-numbers come from `minivit.analysis`), writes one PNG and returns its path. Figures are built
-with `matplotlib.figure.Figure` directly, so no pyplot global state and no display is needed.
+numbers come from `minivit.analysis`) and returns the figure; given a `path`, it also writes the
+figure there as a PNG (the CLI and the trainer do). Figures are `Figure` below, a
+`matplotlib.figure.Figure` built directly (no pyplot global state, no display needed) that shows
+itself as an image when it is a notebook cell's result.
 Shape letters: B batch, H/W image size, C channels, gh/gw patch grid, L layers, Hh heads, k PCs.
 """
+import io
 import math
 import os
 
 import numpy as np
-from matplotlib.figure import Figure
+from matplotlib import figure as _mpl_figure
 
 from .measures import upsample_map
 
+DPI = 100
 
-def _save(fig, path, dpi=100):
+
+class Figure(_mpl_figure.Figure):
+    """A matplotlib Figure that Jupyter (IPython) draws inline as a PNG when a cell returns it or
+    `display(fig)` is called, whether or not pyplot was ever imported."""
+
+    def _repr_png_(self):
+        buf = io.BytesIO()
+        self.savefig(buf, dpi=DPI, format="png")
+        return buf.getvalue()
+
+
+def save(fig, path, dpi=DPI):
+    """Write `fig` to `path` as a PNG (folders made as needed); returns the path."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=dpi, format="png")
     return path
+
+
+def _done(fig, path):
+    """The figure, saved first when a path is given."""
+    if path is not None:
+        save(fig, path)
+    return fig
 
 
 def _minmax(a):
@@ -49,7 +72,7 @@ def _show(ax, img):
 # ---------------------------------------------------------------------------------------------
 # Fig. 7 left
 # ---------------------------------------------------------------------------------------------
-def plot_embedding_filters(components, path, explained=None, ncols=7):
+def plot_embedding_filters(components, path=None, explained=None, ncols=7):
     """Grid of the top-k principal components of the patch-embedding filters (Fig. 7 left).
 
     components (k, P, P, C); each is min-max normalised on its own; C=1 is drawn in grey.
@@ -71,13 +94,13 @@ def plot_embedding_filters(components, path, explained=None, ncols=7):
         _show(ax, _minmax(comps[i]))
         if explained is not None:
             ax.set_title("%.1f%%" % (100 * explained[i]), fontsize=6, pad=2)
-    return _save(fig, path)
+    return _done(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------
 # Fig. 7 centre / Fig. 10
 # ---------------------------------------------------------------------------------------------
-def plot_position_similarity(sim, path):
+def plot_position_similarity(sim, path=None):
     """gh x gw grid of small (gh, gw) cosine-similarity maps (Fig. 7 centre, Fig. 10).
 
     sim (gh, gw, gh, gw) from `position_embedding_similarity`. The maps are tiled into one image
@@ -104,13 +127,13 @@ def plot_position_similarity(sim, path):
     ax.set_ylabel("Input patch row")
     ax.set_title("Position embedding similarity")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="Cosine similarity")
-    return _save(fig, path)
+    return _done(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------
 # Fig. 7 right / Fig. 11
 # ---------------------------------------------------------------------------------------------
-def plot_attention_distance(dist, patch_size, img_size, path):
+def plot_attention_distance(dist, patch_size, img_size, path=None):
     """Every head's mean attention distance (pixels) against network depth (Fig. 7 right).
 
     dist (L, Hh) from `mean_attention_distance` (a single layer (Hh,) is drawn as L=1).
@@ -135,13 +158,13 @@ def plot_attention_distance(dist, patch_size, img_size, path):
     if Hh <= 16:
         ax.legend(fontsize=6, ncol=2, loc="lower right")
     fig.tight_layout()
-    return _save(fig, path)
+    return _done(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------
 # Fig. 6 / Fig. 14
 # ---------------------------------------------------------------------------------------------
-def plot_attention_maps(images, maps, path, titles=None, pairs_per_row=4):
+def plot_attention_maps(images, maps, path=None, titles=None, pairs_per_row=4):
     """Pairs of input / input x attention map, like Fig. 6.
 
     images (B, H, W, C) uint8 or float in [0, 1]; maps (B, gh, gw) (e.g. from
@@ -168,7 +191,7 @@ def plot_attention_maps(images, maps, path, titles=None, pairs_per_row=4):
         ax_in.set_title(titles[b] if titles is not None else "Input", fontsize=7)
         ax_at.set_title("Attention", fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return _done(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,7 +232,7 @@ def _panel(ax, records, keys, x_keys, ylabel):
     return xlabel
 
 
-def plot_training_curves(records, path):
+def plot_training_curves(records, path=None):
     """Loss against step (left, with the learning rate on a twin axis) and accuracy against epoch
     (right) from metrics JSON-lines rows; keys missing from some or all rows are skipped."""
     records = [r for r in records if isinstance(r, dict)]
@@ -230,10 +253,10 @@ def plot_training_curves(records, path):
     ax_loss.set_title("Loss")
     ax_acc.set_title("Accuracy")
     fig.tight_layout()
-    return _save(fig, path)
+    return _done(fig, path)
 
 
-def plot_sweep(rows, x_key, y_key, path, label_key=None):
+def plot_sweep(rows, x_key, y_key, path=None, label_key=None):
     """Chart of y_key against x_key over experiment rows (list of dicts), one series per
     label_key value: lines when every x is numeric, grouped bars otherwise."""
     rows = [r for r in rows if x_key in r and _is_num(r.get(y_key))]
@@ -267,4 +290,4 @@ def plot_sweep(rows, x_key, y_key, path, label_key=None):
     ax.set_ylabel(y_key)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return _done(fig, path)

@@ -99,8 +99,8 @@ def analyze(model, images, out_dir, num_images=8, distance_images=256, batch_siz
 
     # Fig. 7 left: principal components of the patch-embedding filters.
     comps, ratio = analysis.patch_embedding_pcs(sd["patch_embed.proj.weight"], k=28)
-    paths["embedding_filters"] = plots.plot_embedding_filters(
-        comps, os.path.join(out_dir, "embedding_filters.png"), explained=ratio)
+    paths["embedding_filters"] = os.path.join(out_dir, "embedding_filters.png")
+    plots.plot_embedding_filters(comps, paths["embedding_filters"], explained=ratio)
     report["embedding_filters"] = {"num_components": int(len(ratio)),
                                    "explained_variance_ratio": ratio.tolist(),
                                    "cumulative": np.cumsum(ratio).tolist()}
@@ -111,8 +111,8 @@ def analyze(model, images, out_dir, num_images=8, distance_images=256, batch_siz
     if pos is not None:
         pe = np.asarray(pos).reshape(-1, np.shape(pos)[-1])   # (N, D)
         sim = analysis.position_embedding_similarity(pe, grid, pe.shape[0] - grid[0] * grid[1])
-        paths["position_similarity"] = plots.plot_position_similarity(
-            sim, os.path.join(out_dir, "position_similarity.png"))
+        paths["position_similarity"] = os.path.join(out_dir, "position_similarity.png")
+        plots.plot_position_similarity(sim, paths["position_similarity"])
         report["position_similarity"] = {"grid_size": list(grid), **_similarity_by_distance(sim)}
     else:
         report["position_similarity"] = {"skipped": "model has no learned position embedding"}
@@ -121,8 +121,8 @@ def analyze(model, images, out_dir, num_images=8, distance_images=256, batch_siz
     x = images["x"]
     dist, maps, preds, n_dist = _attention_pass(
         model, x, num_images, distance_images, batch_size, grid, patch, prefix)
-    paths["attention_distance"] = plots.plot_attention_distance(
-        dist, patch, img_size, os.path.join(out_dir, "attention_distance.png"))
+    paths["attention_distance"] = os.path.join(out_dir, "attention_distance.png")
+    plots.plot_attention_distance(dist, patch, img_size, paths["attention_distance"])
     report["attention_distance"] = {"num_images": int(n_dist), "unit": "pixels",
                                     "per_layer_head": dist.tolist(),
                                     "per_layer_mean": dist.mean(axis=1).tolist()}
@@ -132,8 +132,9 @@ def analyze(model, images, out_dir, num_images=8, distance_images=256, batch_siz
         display = display.transpose(0, 2, 3, 1)                 # (B, C, H, W) -> (B, H, W, C)
     if display.dtype != np.uint8:                               # normalised floats: rescale to view
         display = np.stack([(d - d.min()) / max(d.max() - d.min(), 1e-12) for d in display])
-    paths["attention_maps"] = plots.plot_attention_maps(
-        display, maps, os.path.join(out_dir, "attention_maps.png"),
+    paths["attention_maps"] = os.path.join(out_dir, "attention_maps.png")
+    plots.plot_attention_maps(
+        display, maps, paths["attention_maps"],
         titles=[f"pred {p}" for p in preds])
     report["attention_maps"] = {
         "num_images": int(len(maps)), "method": "attention rollout, head mean, 0.5*A + 0.5*I",
