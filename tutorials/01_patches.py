@@ -19,10 +19,10 @@
 # 1. cutting an image into P x P patches and multiplying each flattened patch by one matrix E
 #    gives exactly minivit's patch embedding, and exactly a convolution with kernel P and
 #    stride P;
-# 2. the number of tokens is N = HW / P^2: 196 for a 224 x 224 image with 16 x 16 patches, 64 for
-#    a 32 x 32 CIFAR image with 4 x 4 patches;
-# 3. attention on raw pixels is out of reach: a 256 x 256 image would need
-#    (256 * 256)^2 = 4,294,967,296 attention scores per head (topic T1).
+# 2. the number of tokens follows from the image and patch sizes alone: you predict it for the
+#    paper's models and for minivit's CIFAR model, and the model configurations confirm it;
+# 3. attention on raw pixels is out of reach: you count the attention scores a 256 x 256 image
+#    would need, one token per pixel (topic T1).
 #
 # Topics (see tutorials/README.md): T1, T2, T3, T4 (Eq. 1). Time: a few seconds.
 
@@ -30,11 +30,13 @@
 import os
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 
 import minivit
 from kernels.reference.dense import patchify as reference_patchify
+from minivit import Tensor
+from minivit import functional as F
+from minivit.analysis import plots
 from minivit.data import load_dataset
 
 OUT = Path(os.environ.get("MINIVIT_TUTORIAL_OUT", "runs/tutorials"))
@@ -80,9 +82,10 @@ print(ds, "-> x", x.shape, x.dtype)
 # order (C, P, P), the order of the weights of a PyTorch/timm convolution, so that the same
 # numbers can be read as a matrix or as a convolution kernel.
 #
-# **Exercise 1.** Write `patchify(x, P)`: (B, C, H, W) -> (B, Np, C*P*P) with NumPy reshapes and
-# one transpose (no Python loop). Hint: split H into (gh, P) and W into (gw, P), then move the
-# two grid axes in front of (C, P, P).
+# **Exercise 1.** Write `patchify(x, P)`: (B, C, H, W) -> (B, Np, C*P*P), token i*gw + j being
+# the patch at grid row i and column j, flattened in the order (C, P, P). Use NumPy reshapes and
+# one transpose, no Python loop. Hint: a reshape can only split or merge *neighbouring* axes;
+# think about which axes of the image must become neighbours before the last reshape.
 
 # %% tags=["solution"]
 def patchify(x, P):
@@ -109,10 +112,12 @@ print("patchify: ok,", patches.shape)
 
 # %% [markdown]
 # Here is the first image cut into its 8 x 8 grid of 4 x 4 patches, and the same patches laid
-# out as the sequence the model reads (raster order, left to right).
+# out as the sequence the model reads (raster order, left to right). The figure is also written
+# to the output folder.
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(11, 2.8), gridspec_kw={"width_ratios": [1, 4]})
+fig = plots.Figure(figsize=(11, 2.8))
+axes = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 4]})
 axes[0].imshow(images_hwc[0])
 for t in range(0, H + 1, P):
     axes[0].axhline(t - 0.5, color="white", lw=0.7)
@@ -126,22 +131,25 @@ axes[1].imshow(strip)
 axes[1].set_xticks(np.arange(16) * (P + 1) + (P - 1) / 2, [str(i) for i in range(16)])
 axes[1].set_yticks([])
 axes[1].set_title(f"tokens 0-15 of {gh * gw} (the first two rows of patches), in raster order")
-fig.savefig(OUT / "01_patches.png", dpi=100, bbox_inches="tight")
-plt.show()
+plots.save(fig, OUT / "01_patches.png")
 assert (OUT / "01_patches.png").stat().st_size > 0
+fig
 
 # %% [markdown]
 # ## How many tokens
 #
-# N = HW / P^2. The paper's models read 224 x 224 ImageNet images; with 16 x 16 patches that is a
-# 14 x 14 grid of 196 tokens, with 14 x 14 patches 256 tokens ("ViT-H/14"), with 32 x 32 patches
-# only 49. On CIFAR-sized 32 x 32 images minivit's models use 4 x 4 patches: 64 tokens. A class
-# token (notebook 04) adds one more. The grid comes straight from minivit's model configurations
-# (no model is built here):
+# Each patch is one token. The paper pre-trains on 224 x 224 ImageNet-sized images and names
+# its models by size and patch size: ViT-L/16 is ViT-Large with 16 x 16 patches. The ViTs it
+# trains are B/32, B/16, L/32, L/16 and H/14.
+#
+# **Predict, then run.** How many patch tokens does ViT-B/16 read at 224 x 224? ViT-H/14?
+# ViT-B/32? And minivit's CIFAR model, 32 x 32 images in 4 x 4 patches? Work them out before
+# running the cell, which reads the grids from minivit's model configurations (no model is
+# built). A class token (notebook 04) adds one more token to each.
 
 # %%
 rows = []
-for name in ["vit_base_patch16_224", "vit_base_patch14_224", "vit_base_patch32_224", "vit_cifar_patch4_32",
+for name in ["vit_base_patch16_224", "vit_huge_patch14_224", "vit_base_patch32_224", "vit_cifar_patch4_32",
              "vit_testing"]:
     cfg = minivit.model_config(name)
     g = cfg.grid_size
@@ -150,13 +158,18 @@ for name in ["vit_base_patch16_224", "vit_base_patch14_224", "vit_base_patch32_2
     print(f"{name:24s} {cfg.img_size:4d}/{cfg.patch_size:<3d} grid {g[0]:2d}x{g[1]:<2d} -> {g[0] * g[1]:4d} patches")
 tokens = {r[0]: r[4] for r in rows}
 assert tokens["vit_base_patch16_224"] == 196 and tokens["vit_cifar_patch4_32"] == 64
+assert tokens["vit_huge_patch14_224"] == 256 and tokens["vit_base_patch32_224"] == 49
 assert minivit.create_model("vit_testing").num_tokens == tokens["vit_testing"] + 1  # + the class token
 
 # %% [markdown]
 # ## Attention on raw pixels
 #
 # Self-attention computes one score for every (query, key) pair: N^2 scores per head and image.
-# With one token per pixel, a 256 x 256 image is a sequence of 65,536 tokens:
+# With one token per pixel, a 256 x 256 image is a sequence of 65,536 tokens.
+#
+# **Predict, then run.** How many attention scores is that, per head and image, and how much
+# memory would they take in float32 (4 bytes each)? By what factor do 16 x 16 patches divide
+# the number of scores?
 
 # %%
 pixels = 256 * 256
@@ -209,11 +222,15 @@ print("patchify + matmul == minivit's patch embedding:", by_hand.shape)
 # and each of the D filters is one column of E. That is why implementations write the patch
 # embedding as `Conv2d(C, D, kernel_size=P, stride=P)`.
 #
-# **Exercise 2.** Write `conv2d(x, w, b, stride)`: a plain convolution without padding,
-# x (B, C, H, W), w (D, C, k, k), b (D,) -> (B, D, Ho, Wo) with Ho = (H - k) // stride + 1,
-# out[b, d, i, j] = sum over (c, u, v) of w[d, c, u, v] * x[b, c, i*stride + u, j*stride + v],
-# plus b[d]. Loop over the output positions (i, j); use `np.einsum` or `np.tensordot` for the
-# sum.
+# **Exercise 2.** Write `conv2d(x, w, b, stride)`: a convolution without padding, as deep
+# learning libraries define it (no kernel flip). x (B, C, H, W), w (D, C, k, k), b (D,) ->
+# (B, D, Ho, Wo). Output (i, j) of filter d is the sum of w[d] times the k x k window of x whose
+# top-left corner is at row i * stride, column j * stride, over all C channels, plus b[d].
+# Work out Ho and Wo yourself (how many windows fit?). Loop over the output positions (i, j);
+# use `np.einsum` or `np.tensordot` for the sum.
+#
+# The check compares your convolution with minivit's `F.conv2d` at stride P (the patch
+# embedding) and at a stride smaller than the kernel, where windows overlap.
 
 # %% tags=["solution"]
 def conv2d(x, w, b, stride):
@@ -234,7 +251,13 @@ assert conv.shape == (B, 48, gh, gw)
 as_tokens = conv.reshape(B, 48, gh * gw).transpose(0, 2, 1)  # (B, Np, D): the grid in raster order
 assert np.allclose(as_tokens, by_hand, atol=1e-5)
 assert np.allclose(as_tokens, d["patch_tokens"], atol=1e-5)
-# With a stride smaller than the kernel the windows overlap: more tokens, no longer Eq. 1.
+# minivit's convolution, and a stride smaller than the kernel: the windows overlap, so there are
+# more tokens than patches, and it is no longer Eq. 1.
+with minivit.no_grad():
+    for stride in (P, P // 2, 3):
+        library = F.conv2d(Tensor(x), Tensor(weight), Tensor(bias), stride=stride).numpy()
+        mine = conv2d(x, weight, bias, stride)
+        assert mine.shape == library.shape and np.allclose(mine, library, atol=1e-5), stride
 assert conv2d(x, weight, bias, stride=P // 2).shape[2:] == (2 * gh - 1, 2 * gw - 1)
 print("strided convolution == patchify + matmul == minivit's patch embedding")
 

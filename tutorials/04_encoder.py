@@ -19,9 +19,10 @@
 # 1. the model's forward pass is exactly Eq. 1-4: the intermediates that `model(x, out=d)` keeps
 #    are reproduced by hand from the model's own modules (class token, position embedding,
 #    pre-norm blocks with residuals, final LayerNorm on the class token, head);
-# 2. the number of parameters follows from the configuration by a short formula, exact for
-#    every model we build, and gives the paper's Table 1 counts for ViT-Base, Large and Huge
-#    (86M, 307M, 632M) without building them.
+# 2. the number of parameters follows from the configuration by a short formula that you
+#    derive, first for one block, then for the whole model; it is exact for every model built,
+#    and it gives, without building them, the counts of the models the paper trains, close to
+#    Table 1's 86M, 307M and 632M for ViT-Base, Large and Huge.
 #
 # Topics: T3, T4 (Eq. 1-4), T9 (Table 1). Time: a few seconds.
 
@@ -112,8 +113,12 @@ print("Eq. 2-3 reproduced for every block")
 # %% [markdown]
 # The MLP inside `block.mlp` is itself fc1 -> GELU -> fc2; the attention is notebook 03's
 # multi-head attention. Because of the residual connections, each block *adds* to a running
-# stream of tokens: at initialisation the sub-blocks' outputs are small, so z_l starts close
-# to z_0 and every block learns a correction. We can see that in the numbers:
+# stream of tokens.
+#
+# **Predict, then run.** minivit initialises the weights of the linear layers with small values
+# (a truncated normal of standard deviation 0.02, timm's initialisation of a ViT). At
+# initialisation, by how much does each block change the stream, relative to the size of z_0:
+# about as much as z_0 itself, tens of percent, or a few percent?
 
 # %%
 relative = [np.linalg.norm(d["blocks"][l] - (d["blocks"][l - 1] if l else z0)) / np.linalg.norm(z0) for l in range(L)]
@@ -146,32 +151,64 @@ print("Eq. 4 and the head reproduced: the logits by hand equal the model's")
 # %% [markdown]
 # ## Counting parameters
 #
-# Every parameter of a standard ViT (learned 1D position embedding, class token, MLP ratio r)
-# is in one of these:
+# Every parameter of a ViT sits in one of: the patch projection E (with its bias), the class
+# token, the position embedding E_pos, the L blocks, the final LayerNorm and the head. Here are
+# the names and shapes of the parameters of our small model (D = 32, MLP ratio 4), first those
+# of one block, then the rest:
+
+# %%
+for name, p in model.named_parameters():
+    if name.startswith("blocks.0."):
+        print(f"{name:28s} {p.shape}")
+print()
+for name, p in model.named_parameters():
+    if not name.startswith("blocks."):
+        print(f"{name:28s} {p.shape}")
+
+# %% [markdown]
+# **Exercise 2.** Derive, from the shapes above, the number of parameters of one block as a
+# formula in the width D and the MLP ratio r (the MLP's hidden width is r * D), and write
+# `block_params(D, mlp_ratio)`. Count every weight matrix and every bias and LayerNorm vector.
+# The check builds blocks of several widths and ratios, ViT-Base's among them.
 #
-# | part | parameters |
-# |---|---|
-# | patch projection E and its bias | P^2 C D + D |
-# | class token, position embedding | D + (1 + Np) D |
-# | one block: 2 LayerNorms, qkv, output projection, MLP | 4D + (3D^2 + 3D) + (D^2 + D) + (2 r D^2 + r D + D) |
-# | final LayerNorm, head | 2D + (D K + K) |
-#
-# **Exercise 2.** Write `count_params(cfg)` for a `minivit.ViTConfig` (fields `img_size`,
-# `patch_size`, `in_chans`, `embed_dim`, `depth`, `mlp_ratio`, `num_classes`; assume
-# `class_token=True` and the learned position embedding). The check compares it with the number
-# of parameters of real models, built with several settings (sizes, patch sizes, MLP ratios,
-# channels, classes).
+# **Predict, then run.** For a large D, which term of your formula dominates, and what is its
+# coefficient at the paper's r = 4?
+
+# %% tags=["solution"]
+def block_params(D, mlp_ratio=4.0):
+    hidden = int(D * mlp_ratio)
+    norms = 2 * 2 * D  # norm1 and norm2: a scale and a shift each
+    attention = (3 * D * D + 3 * D) + (D * D + D)  # qkv, proj
+    mlp = (D * hidden + hidden) + (hidden * D + D)  # fc1, fc2
+    return norms + attention + mlp
+
+
+# %%
+for D, heads, ratio in [(32, 4, 4.0), (48, 3, 2.0), (24, 2, 3.0), (64, 8, 1.5), (768, 12, 4.0)]:
+    cfg = minivit.ViTConfig(img_size=32, patch_size=8, embed_dim=D, num_heads=heads, mlp_ratio=ratio, depth=1)
+    built = minivit.vit.Block(cfg, np.float32).num_parameters()
+    assert block_params(D, ratio) == built, (D, ratio, block_params(D, ratio), built)
+print("your block formula is exact for every block built")
+for D in (768, 1024, 1280):  # Base, Large, Huge
+    print(f"D = {D}: one block has {block_params(D, 4.0):,} parameters = {block_params(D, 4.0) / D**2:.4f} D^2")
+    assert 12 < block_params(D, 4.0) / D**2 < 12.02  # 4 D^2 in attention, 8 D^2 in the MLP, the rest O(D)
+
+# %% [markdown]
+# **Exercise 3.** Write `count_params(cfg)` for a whole model, given a `minivit.ViTConfig`
+# (fields `img_size`, `patch_size`, `in_chans`, `embed_dim`, `depth`, `mlp_ratio`,
+# `num_classes`; assume `class_token=True` and the learned position embedding), using your
+# `block_params`. Work out the parts outside the blocks from the second list of shapes above;
+# E_pos has one row per token, the class token's included. The check compares your count with
+# real models built with several settings (sizes, patch sizes, MLP ratios, channels, classes).
 
 # %% tags=["solution"]
 def count_params(cfg):
     D, P, C, K = cfg.embed_dim, cfg.patch_size, cfg.in_chans, cfg.num_classes
-    hidden = int(D * cfg.mlp_ratio)
     Np = (cfg.img_size // P) ** 2
     patch = P * P * C * D + D
     tokens = D + (1 + Np) * D  # class token, position embedding
-    block = 4 * D + (3 * D * D + 3 * D) + (D * D + D) + (2 * D * hidden + hidden + D)
     head = 2 * D + (D * K + K)  # final LayerNorm, head
-    return patch + tokens + cfg.depth * block + head
+    return patch + tokens + cfg.depth * block_params(D, cfg.mlp_ratio) + head
 
 
 # %%
@@ -184,10 +221,12 @@ for kw in [dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=4, n
     assert count_params(cfg) == built, (kw, count_params(cfg), built)
 for name in ["vit_testing", "vit_demo_patch4_32", "vit_cifar_patch4_32"]:
     assert count_params(minivit.model_config(name)) == minivit.create_model(name).num_parameters()
-print("the formula is exact for every model built")
+print("your count is exact for every model built")
 
 # %% [markdown]
 # ## Table 1: Base, Large, Huge
+#
+# The paper's Table 1 (Sec. 4.1) describes its three sizes by depth, width and MLP size:
 #
 # | model | layers | width D | MLP size | heads | params |
 # |---|---|---|---|---|---|
@@ -195,62 +234,72 @@ print("the formula is exact for every model built")
 # | ViT-Large | 24 | 1024 | 4096 | 16 | 307M |
 # | ViT-Huge | 32 | 1280 | 5120 | 16 | 632M |
 #
-# Building ViT-Huge to count it would allocate 632M float32 numbers (2.5 GB), so we count from
-# the configurations with the formula we just checked. To tie the formula to the real
-# Base/Large/Huge modules as well, we build each one with a *single* block (a few hundred MB at
-# most): the whole count is then that model's count plus (L - 1) times one block's.
+# A model's count also depends on its patch size, through E (P^2 C D numbers) and E_pos (one row
+# per token), and on its head (here ImageNet's 1000 classes at 224 x 224). The paper's ViTs are
+# named by size and patch size, and those it trains are B/32, B/16, L/32, L/16 and H/14 (for
+# example in its scaling study, Sec. 4.4). Building ViT-Huge to count it would allocate 632M
+# float32 numbers (2.5 GB), so we count these five with your formula, from their
+# configurations. To tie the formula to the real modules as well, each size is also built with
+# a *single* block: the whole count is then that model's count plus (L - 1) blocks.
 #
-# Table 1 gives one number per size, but the count depends a little on the patch size (E has
-# P^2 C D entries, E_pos one row per patch) and on the head (here ImageNet's 1000 classes at
-# 224 x 224). So we compute the count at patch 14, 16 and 32.
+# **Predict, then run.** Which has more parameters, ViT-B/16 or ViT-B/32, and by roughly how
+# many? (E grows with P^2; E_pos shrinks with the number of patches.)
 
 # %%
 PAPER = {"base": 86, "large": 307, "huge": 632}  # millions, Table 1
+TRAINED = [("base", 32), ("base", 16), ("large", 32), ("large", 16), ("huge", 14)]  # the paper's ViTs
 counts = {}
-for size in PAPER:
+for size, P in TRAINED:
     depth, width, heads = WIDTHS[size]
-    for P in (14, 16, 32):
-        cfg = minivit.model_config(f"vit_{size}_patch{P}_224")
-        assert (cfg.depth, cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio), cfg.num_heads) == (
-            depth, width, 4 * width, heads)
-        counts[size, P] = count_params(cfg)
-    one_block = minivit.create_model(f"vit_{size}_patch16_224", depth=1)
-    assert one_block.num_parameters() + (depth - 1) * one_block.blocks[0].num_parameters() == counts[size, 16]
+    cfg = minivit.model_config(f"vit_{size}_patch{P}_224")
+    assert (cfg.depth, cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio), cfg.num_heads) == (
+        depth, width, 4 * width, heads)  # the rows of Table 1
+    counts[size, P] = count_params(cfg)
+    assert counts[size, P] == cfg.num_parameters()  # minivit's own count from the shapes
+    print(f"ViT-{size[0].upper()}/{P}: {counts[size, P] / 1e6:6.2f}M   (Table 1, ViT-{size.capitalize()}: "
+          f"{PAPER[size]}M)")
+for size in PAPER:
+    P = 14 if size == "huge" else 16
+    one_block = minivit.create_model(f"vit_{size}_patch{P}_224", depth=1)
+    depth, width, _ = WIDTHS[size]
+    assert one_block.num_parameters() + (depth - 1) * block_params(width) == counts[size, P]
     del one_block
-    print(f"ViT-{size.capitalize():5s} (Table 1: {PAPER[size]}M): "
-          + ", ".join(f"/{P}: {counts[size, P] / 1e6:.2f}M" for P in (14, 16, 32)))
 
 # %% [markdown]
-# The checks below say what the numbers show:
+# What the numbers show, and the checks below prove:
 #
-# * the paper's counts are those of the Table 1 configurations: within 1% at patch 16 and within
-#   3% at every patch size (ViT-B/32's larger patch projection puts it furthest, at 88.2M);
-# * rounded to the nearest million, the paper's number is the count of one of the patch sizes
-#   the paper trained: 86M is ViT-B/14 (B/16 has 86.57M, usually quoted as "86M" by truncating),
-#   307M is ViT-L/32 (L/16 has 304.3M), 632M is ViT-H/14 (and H/16).
+# * every model the paper trains is within 3% of Table 1's number for its size; the counts of
+#   one size differ a little with the patch size, so Table 1's single number per size is a
+#   rounded description, not the count of every model of that size;
+# * between two patch sizes of one model size, the whole difference is in E and E_pos: the
+#   blocks, the class token, the final LayerNorm and the head do not depend on the patch size.
 
 # %%
 for (size, P), n in counts.items():
-    assert abs(n / 1e6 - PAPER[size]) / PAPER[size] < (0.01 if P == 16 else 0.03), (size, P, n)
-for size, paper in PAPER.items():
-    assert paper in {round(counts[size, P] / 1e6) for P in (14, 16, 32)}, size
-assert round(counts["base", 14] / 1e6) == 86 and int(counts["base", 16] / 1e6) == 86
-assert round(counts["large", 32] / 1e6) == 307 and round(counts["large", 16] / 1e6) == 304
-assert round(counts["huge", 14] / 1e6) == 632 == round(counts["huge", 16] / 1e6)
+    assert abs(n / 1e6 - PAPER[size]) / PAPER[size] < 0.03, (size, P, n)
+C = 3
+for size in ("base", "large"):
+    D = WIDTHS[size][1]
+    tokens16, tokens32 = 1 + (224 // 16) ** 2, 1 + (224 // 32) ** 2
+    by_E_and_Epos = (32**2 - 16**2) * C * D + (tokens32 - tokens16) * D
+    print(f"ViT-{size.capitalize()}: /32 minus /16 = {counts[size, 32] - counts[size, 16]:,} "
+          f"= E {(32**2 - 16**2) * C * D:,} + E_pos {(tokens32 - tokens16) * D:,}")
+    assert counts[size, 32] - counts[size, 16] == by_E_and_Epos
 
 # %% [markdown]
-# Almost all of a ViT's parameters sit in its blocks, 12 D^2 per block (4 D^2 in attention, 8 D^2
-# in the MLP): the patch projection, the tokens and the head are under 2% of ViT-Base. That is
-# why Table 1 can describe each model by its depth, width and MLP size alone, and why the
-# number of *tokens* (the patch size) changes the compute (notebook 10) far more than the
-# parameter count.
+# **Predict, then run.** What fraction of ViT-Base/16's parameters sit in its 12 blocks, and
+# what fraction in everything else (patch projection, tokens, head)?
 
 # %%
-for size in PAPER:
-    cfg = minivit.model_config(f"vit_{size}_patch16_224")
-    in_blocks = cfg.depth * (12 * cfg.embed_dim**2 + 13 * cfg.embed_dim)
-    print(f"ViT-{size.capitalize():5s}/16: {in_blocks / counts[size, 16]:.1%} of the parameters are in the blocks")
-    assert in_blocks / counts[size, 16] > 0.98
+for size, P in TRAINED:
+    depth, width, _ = WIDTHS[size]
+    share = depth * block_params(width) / counts[size, P]
+    print(f"ViT-{size[0].upper()}/{P}: {share:.1%} of the parameters are in the blocks")
+    assert share > 0.96
 
 # %% [markdown]
+# Almost all of a ViT's parameters sit in its blocks, about 12 D^2 each: that is why Table 1
+# can describe each model by its depth, width and MLP size alone, and why the number of
+# *tokens* (the patch size) changes the compute (notebook 10) far more than the parameter count.
+#
 # Next: **05 · training**, the first training run of a small model.

@@ -13,36 +13,36 @@
 # %% [markdown]
 # # 05 · A first training run
 #
-# **Goal.** Train a small ViT from scratch with the paper's optimiser and schedule (Sec. 4.1,
-# Appendix B.1: Adam with weight decay, linear warm-up then cosine decay), watch its loss and
-# accuracy curves, and compare the class token with global average pooling. The checks prove:
+# **Goal.** Train a small ViT from scratch with the paper's kind of optimiser and schedule
+# (Sec. 4.1, Appendix B.1: Adam with weight decay, a linear warm-up of the learning rate, then a
+# decay), watch its loss and accuracy curves, and compare the class token with global average
+# pooling. The checks prove:
 #
-# 1. the learning-rate schedule is linear warm-up then a half cosine (our formula equals
-#    `minivit.optim.WarmupSchedule`), and one AdamW step by hand equals `minivit.optim.AdamW`;
-# 2. a fresh model predicts uniformly (its head is zero, so the first loss is ln K), and
-#    training lowers the loss and lifts test accuracy well above chance;
-# 3. both pooling choices learn; their numbers are reported side by side, not ranked.
+# 1. your learning-rate schedule, linear warm-up then a half cosine, equals
+#    `minivit.optim.WarmupSchedule`, and AdamW steps by hand equal `minivit.optim.AdamW`;
+# 2. your training step (forward, loss, backward, gradient clipping, optimiser step, schedule
+#    step) leaves the parameters exactly where a reference loop, written out by hand, leaves
+#    them after several steps with a clip that acts and a learning rate that changes;
+# 3. a fresh model predicts uniformly (its head is zero, so the first loss is ln K), and
+#    training lowers the loss and lifts test accuracy well above chance, with either pooling.
 #
-# Topics: T3 (class token), T10 (training setup); T12, T13 and T19 are discussed at the end.
-# Time: about 15 s on two idle CPU cores (two runs of 300 steps of a 49k-parameter model).
+# Topics: T3 (class token), T10 (training setup). Time: about 15 s on two idle CPU cores (two
+# runs of 300 steps of a 49k-parameter model).
 
 # %%
 import math
 import os
 import time
-from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 
 import minivit
 from minivit import functional as F
 from minivit import optim
+from minivit.analysis.plots import Figure
 from minivit.data import DataLoader, load_dataset, stats_for
 from minivit.train import evaluate, param_groups
 
-OUT = Path(os.environ.get("MINIVIT_TUTORIAL_OUT", "runs/tutorials"))
-OUT.mkdir(parents=True, exist_ok=True)
 rng = np.random.default_rng(0)
 
 # %% [markdown]
@@ -70,11 +70,18 @@ print(train_set, test_set, sep="\n")
 # is that at the start Adam's second-moment estimates rest on few gradients, so the first steps
 # are better taken small. minivit's `WarmupSchedule` sets the optimiser's learning rate at every step.
 #
-# **Exercise 1.** Write `lr_by_hand(step, base_lr, total, warmup, min_lr)` for a 0-based step:
-# during warm-up, `base_lr * (step + 1) / warmup`; afterwards a half cosine from `base_lr` down
-# to `min_lr`, reached at step `total`:
-# `min_lr + (base_lr - min_lr) * (1 + cos(pi * progress)) / 2`, with
-# progress = (step - warmup) / (total - warmup).
+# **Exercise 1.** Write `lr_by_hand(step, base_lr, total, warmup, min_lr)`: the learning rate
+# that `WarmupSchedule(..., schedule="cosine")` gives the optimiser at the 0-based `step`.
+#
+# * During the first `warmup` steps it rises linearly, from base_lr / warmup at step 0 to
+#   base_lr at step warmup - 1 (never 0, so that the very first step moves the weights).
+# * From step `warmup` on it follows half a period of a cosine, from base_lr at step `warmup`
+#   down to min_lr at step `total`, flat at both ends. Derive it: map the steps from `warmup` to
+#   `total` onto angles from 0 to pi, and scale and shift cos of that angle so that it runs from
+#   base_lr to min_lr.
+#
+# **Predict, then run.** What is the learning rate half-way down the cosine? The check prints
+# the schedule's peak, its middle and its end.
 
 # %% tags=["solution"]
 def lr_by_hand(step, base_lr, total, warmup, min_lr):
@@ -143,37 +150,92 @@ print("three AdamW steps by hand == minivit.optim.AdamW")
 # %% [markdown]
 # ## The training loop
 #
-# Each step: forward a batch, the mean softmax cross-entropy of the logits, backward, clip the
-# global gradient norm to 1 (as the paper does), an AdamW step, zero the gradients, advance the
-# schedule. The model is small enough for a few seconds of training: 32 x 32 images cut into
-# 8 x 8 patches (16 tokens and a class token), width 48, 2 blocks, 3 heads, MLP ratio 2.
-# `minivit train` runs the same loop with checkpoints, logging and evaluation
-# (minivit/train/trainer.py).
+# One step of training, in order: forward a batch; the mean softmax cross-entropy of the logits
+# against the labels (`F.cross_entropy`); backward; clip the gradients, all together, to a
+# global L2 norm of at most `max_norm` (`optim.clip_grad_norm_`, which returns the norm before
+# clipping; the paper clips at global norm 1, Appendix B.1); one optimiser step; zero the
+# gradients, so that the next backward does not add to them; advance the schedule to the next
+# step's learning rate. `minivit train` runs the same loop with checkpoints, logging and
+# evaluation (minivit/train/trainer.py).
 #
-# **Exercise 2.** Write the body of one training step, `train_step(model, opt, schedule, x, y)`:
-# it returns the loss (a Python float) and the logits (a NumPy array).
+# **Exercise 2.** Write `train_step(model, opt, schedule, x, y, max_norm)`: one step as above.
+# It returns the loss (a Python float), the logits (a NumPy array) and the gradient norm before
+# clipping (a float).
 #
-# The checks after the run: a new model's head is zero (Sec. 3.2), so its first predictions are
-# uniform and its first loss is exactly ln K. Training must then bring the loss down and put test
-# accuracy well above the 1/K of guessing: we ask for 1.5 times chance, a margin that a model
-# that learned nothing would miss by more than five standard deviations (1,000 test images).
+# The check runs six steps of your `train_step` on a tiny model with plain SGD, a `max_norm`
+# small enough that the clip acts at every step, and a schedule that changes the learning rate
+# from step to step (warm-up, then cosine). A reference loop, with the clip and the learning
+# rate written out by hand (your `lr_by_hand`), must end with the same parameters, to 1e-6. A
+# step that skips the clip, the zeroing or the schedule ends elsewhere.
 
 # %% tags=["solution"]
-def train_step(model, opt, schedule, x, y):
+def train_step(model, opt, schedule, x, y, max_norm):
     logits = model(x)  # (B, K)
     loss = F.cross_entropy(logits, y)
     loss.backward()
-    optim.clip_grad_norm_(model.parameters(), 1.0)
+    norm = optim.clip_grad_norm_(model.parameters(), max_norm)
     opt.step()
     opt.zero_grad()
     schedule.step()
-    return loss.item(), logits.numpy()
+    return loss.item(), logits.numpy(), float(norm)
 
+
+# %%
+CLIP, BASE, TOTAL, WARM = 0.05, 0.5, 8, 3  # a clip that acts, and a schedule over 8 steps
+batches = [(rng.normal(size=(8, 3, 32, 32)).astype(np.float32), rng.integers(0, 10, size=8)) for _ in range(6)]
+
+
+def tiny_model():
+    minivit.manual_seed(1)
+    return minivit.create_model("vit_testing")
+
+
+mine, reference = tiny_model(), tiny_model()
+sgd = optim.SGD(mine.parameters(), lr=BASE)
+sgd_schedule = optim.WarmupSchedule(sgd, total_steps=TOTAL, warmup_steps=WARM, schedule="cosine", min_lr=0.0)
+yours = [train_step(mine, sgd, sgd_schedule, x, y, CLIP) for x, y in batches]
+
+by_hand = []  # (loss, logits, norm, lr) of each step of the reference
+for step, (x, y) in enumerate(batches):
+    out = reference(x)
+    objective = F.cross_entropy(out, y)
+    objective.backward()
+    norm = math.sqrt(sum(float((p.grad.astype(np.float64) ** 2).sum()) for p in reference.parameters()))
+    factor = np.float32(min(1.0, CLIP / (norm + 1e-6)))  # scale every gradient by the same factor
+    lr = lr_by_hand(step, BASE, TOTAL, WARM, 0.0)
+    for p in reference.parameters():
+        p.data -= lr * (p.grad * factor)  # plain SGD
+        p.grad = None
+    by_hand.append((objective.item(), out.numpy(), norm, lr))
+
+assert all(norm > 2 * CLIP for _, _, norm, _ in by_hand)  # the clip acts at every step
+assert len({round(lr, 12) for *_, lr in by_hand}) == 5  # warm-up then cosine: only the peak comes twice
+for (loss, logits, norm), (ref_loss, ref_logits, ref_norm, _) in zip(yours, by_hand):
+    assert isinstance(loss, float) and abs(loss - ref_loss) < 1e-6
+    assert np.allclose(logits, ref_logits, atol=1e-6) and math.isclose(norm, ref_norm, rel_tol=1e-6)
+for (name, p), q in zip(mine.named_parameters(), reference.parameters()):
+    assert np.allclose(p.data, q.data, atol=1e-6), name
+print("six steps of your train_step == the reference loop: "
+      f"gradient norms {', '.join(f'{n:.2f}' for _, _, n, _ in by_hand)} clipped to {CLIP}, "
+      f"learning rates {', '.join(f'{lr:.3f}' for *_, lr in by_hand)}")
+
+# %% [markdown]
+# Now a real run. The model is small enough for a few seconds of training: 32 x 32 images cut
+# into 8 x 8 patches (16 tokens and a class token), width 48, 2 blocks, 3 heads, MLP ratio 2,
+# trained with AdamW for 300 steps of 64 images, gradients clipped at norm 1.
+#
+# **Predict, then run.** A new model's head is zero (Sec. 3.2). What is the loss at the very
+# first step, before any update, for K = 10 classes? And what test accuracy do you expect after
+# 300 steps, compared with the 1/K of guessing?
+#
+# The checks: the first loss, then a loss that falls and a test accuracy of at least 1.5 times
+# chance, a margin that a model that learned nothing would miss by more than five standard
+# deviations (1,000 test images).
 
 # %%
 def run(global_pool, steps=STEPS, seed=0):
     """Train a fresh model for `steps` steps; returns the model and a history of
-    (loss, batch accuracy, learning rate) per step."""
+    (loss, batch accuracy, learning rate, gradient norm before clipping) per step."""
     minivit.manual_seed(seed)
     model = minivit.ViT(img_size=32, patch_size=8, embed_dim=WIDTH, depth=DEPTH, num_heads=HEADS, mlp_ratio=2.0,
                         num_classes=K, global_pool=global_pool, class_token=global_pool == "token")
@@ -184,8 +246,8 @@ def run(global_pool, steps=STEPS, seed=0):
     while len(history) < steps:
         for x, y in loader.epoch(epoch):
             lr = schedule.get_last_lr()[0]
-            loss, logits = train_step(model, opt, schedule, x, y)
-            history.append((loss, (logits.argmax(axis=1) == y).mean(), lr))
+            loss, logits, norm = train_step(model, opt, schedule, x, y, max_norm=1.0)
+            history.append((loss, (logits.argmax(axis=1) == y).mean(), lr, norm))
             if len(history) == steps:
                 break
         epoch += 1
@@ -199,18 +261,21 @@ test_loss, test_acc = evaluate(model, test_loader)
 seconds = time.perf_counter() - start
 print(f"{model.num_parameters():,} parameters, {STEPS} steps in {seconds:.1f} s: "
       f"test accuracy {test_acc:.1%} (chance {1 / K:.0%}), test loss {test_loss:.3f}")
-loss, acc, lr = history.T
+loss, acc, lr, norm = history.T
+print(f"first loss {loss[0]:.4f} (ln K = {math.log(K):.4f}); the clip acted at {(norm > 1).sum()} of {STEPS} steps")
 assert math.isclose(loss[0], math.log(K), rel_tol=1e-5)
 assert loss[-25:].mean() < loss[:10].mean() - 0.1
 assert test_acc > 1.5 / K
 
 # %% [markdown]
-# The curves: the loss falls from ln K, the accuracy on the training batches rises, and the
-# learning rate follows the schedule plotted above.
+# The curves: the loss falls from ln K, the accuracy on the training batches rises, the
+# learning rate follows the schedule checked above, and the gradient norm is shown against the
+# clip at 1.
 
 # %%
 smooth = np.convolve(loss, np.ones(10) / 10, mode="valid")
-fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
+fig = Figure(figsize=(15, 3.2))
+axes = fig.subplots(1, 4)
 axes[0].plot(loss, alpha=0.3, label="per step")
 axes[0].plot(np.arange(9, STEPS), smooth, label="mean of 10")
 axes[0].axhline(math.log(K), color="grey", ls=":", label="ln K (uniform)")
@@ -223,9 +288,12 @@ axes[1].set(xlabel="step", ylabel="accuracy", title="training batches (mean of 1
 axes[1].legend()
 axes[2].plot(lr)
 axes[2].set(xlabel="step", ylabel="learning rate", title="warm-up + cosine")
+axes[3].plot(norm)
+axes[3].axhline(1.0, color="grey", ls=":", label="clip")
+axes[3].set(xlabel="step", ylabel="global gradient norm", yscale="log", title="before clipping")
+axes[3].legend()
 fig.tight_layout()
-fig.savefig(OUT / "05_training_curves.png", dpi=100)
-plt.show()
+fig
 
 # %% [markdown]
 # ## Class token or average pooling
@@ -252,24 +320,13 @@ assert avg_model.num_tokens == model.num_tokens - 1
 # %% [markdown]
 # ## From this run to the paper's results
 #
-# This run is a few seconds of training on a few thousand 32 x 32 images. The paper's
-# setup (Sec. 4.1, Appendix B; topic T10) differs in every number: pre-training with Adam at
-# batch size 4096 and weight decay 0.1, 7 to 300 epochs on ImageNet (1.3M images), ImageNet-21k
-# (14M) or JFT-300M, dropout after every dense layer except the qkv projection, and fine-tuning
-# with SGD with momentum at batch 512, usually at 384 x 384 (notebook 08).
-#
-# * **Results (T12).** At that scale ViT-H/14 and ViT-L/16 match or beat the best CNNs of the
-#   time (BiT-L, Noisy Student) at a fraction of their pre-training compute (Tables 2-3,
-#   measured in TPUv3-core-days). This cannot be reproduced on a laptop; minivit reproduces
-#   the *comparisons* at small scale instead (experiments/README.md).
-# * **Data (T13).** The paper's central finding is about data: with ImageNet alone, large ViTs
-#   do worse than smaller ones and than ResNets; with 14M-300M images they overtake. A ViT has
-#   less image-specific inductive bias than a CNN (only the patch cut and, at fine-tuning, the
-#   resampling of position embeddings know about 2D), so it must learn from data what a
-#   convolution assumes. A run like the one above, with a few thousand images, is the regime
-#   where that costs most; experiments/ compares dataset sizes (see tutorials/README.md).
-# * **Open problems (T19).** The paper ends with what it left open: using ViT for detection
-#   and segmentation, closing the gap between self-supervised pre-training (notebook 14's masked
-#   patch prediction) and supervised pre-training, and scaling further.
+# This run is a few seconds of training on a few thousand 32 x 32 images. The paper's setup
+# (Sec. 4.1, Appendix B; topic T10) has the same pieces at a very different scale: pre-training
+# with Adam (beta1 = 0.9, beta2 = 0.999) at batch size 4096 with weight decay 0.1, a linear
+# warm-up followed by a decay, 7 to 300 epochs on ImageNet, ImageNet-21k or JFT-300M, dropout
+# after every dense layer except the qkv projection; then fine-tuning with SGD with momentum at
+# batch size 512, usually at a higher resolution (notebook 08). What that buys, in accuracy and
+# in the amount of data a ViT needs, is the subject of the paper's results, which
+# tutorials/README.md maps to where they are covered.
 #
 # Next: **06 · position embeddings**, what the model is told about where each patch sits.

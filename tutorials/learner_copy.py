@@ -53,19 +53,50 @@ def split_cells(text: str) -> list[list[str]]:
     return cells
 
 
-def defined_names(code: str) -> list[str]:
-    """Top-level names a cell defines (functions, classes, assignments), in order."""
-    names: list[str] = []
+def definitions(code: str) -> list[tuple[str, str]]:
+    """[(name, kind)] of the top-level names a cell defines, each once, in order of first
+    definition; kind is "class", "function" or "value". A name is defined by `def`, `class` or an
+    assignment to it (`x = ...`, `a, b = ...`, `x += ...`); assigning to an attribute or an item
+    of a name (`Value.__mul__ = f`, `table[0] = 1`) changes that object and defines nothing."""
+    found: dict[str, str] = {}
     for node in ast.parse(code).body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            found = [node.name]
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            found.setdefault(node.name, "function")
+        elif isinstance(node, ast.ClassDef):
+            found.setdefault(node.name, "class")
         elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            found = [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
-        else:
-            found = []
-        names += [n for n in found if n not in names]
-    return names
+            for target in targets:
+                for name in _bound_names(target):
+                    found.setdefault(name, "value")
+    return list(found.items())
+
+
+def _bound_names(target) -> list[str]:
+    """The names an assignment target binds: `x`, the names in `a, (b, *c)`; none for `x.attr`
+    or `x[i]`."""
+    if isinstance(target, ast.Name):
+        return [target.id]
+    if isinstance(target, ast.Starred):
+        return _bound_names(target.value)
+    if isinstance(target, (ast.Tuple, ast.List)):
+        return [n for element in target.elts for n in _bound_names(element)]
+    return []
+
+
+def defined_names(code: str) -> list[str]:
+    """Top-level names a cell defines (functions, classes, assignments), each once, in order."""
+    return [name for name, _ in definitions(code)]
+
+
+def what_to_define(code: str) -> str:
+    """What a stub asks for, read from the solution's definitions: "define Value (a class) and
+    value_mul", "define patchify", or "complete this cell" when it defines no name."""
+    items = [f"{name} (a class)" if kind == "class" else name for name, kind in definitions(code)]
+    if not items:
+        return "complete this cell"
+    listed = items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+    return f"define {listed}"
 
 
 def stub(cell: list[str], number: int, notebook: str) -> list[str]:
@@ -76,8 +107,7 @@ def stub(cell: list[str], number: int, notebook: str) -> list[str]:
         if not line.lstrip().startswith("#"):
             break
         comments.append(line)
-    names = defined_names("".join(body))
-    what = f"define {', '.join(names)}" if names else "complete this cell"
+    what = what_to_define("".join(body))
     header = header.replace('"solution"', '"exercise"').replace("'solution'", "'exercise'")
     return [header, *comments,
             f"# Exercise {number}: write your solution here; it should {what}.\n",
