@@ -30,9 +30,15 @@ NOTEBOOKS = sorted(p for p in TUTORIALS.glob("[0-9][0-9]_*.py") if re.fullmatch(
 SCALE = float(os.environ.get("MINIVIT_TUTORIAL_BUDGET_SCALE", "1"))
 BUDGET_S = 60 * SCALE  # per notebook, kernel start included
 SUITE_BUDGET_S = 360 * SCALE  # the whole set
-KERNEL_NAME = "python3"
 NOTEBOOK_SOURCE = re.compile(r"\d\d_\w+\.py")  # a notebook another author adds meanwhile is no run's output
 TIMES: dict[str, float] = {}  # notebook -> seconds, filled by the run test, checked by the suite-budget test
+# Notebooks that look inside the course's trained CIFAR-10 model need CIFAR-10 test images: a learner's
+# run downloads them (or reads MINIVIT_CIFAR10); the tests read the JPEG tree beside the repository,
+# or skip those notebooks with the reason where it is absent (no download in tests).
+NEEDS_CIFAR10 = {"07_inside_a_vit", "08_finetuning", "09_fewshot"}
+CIFAR10_JPEG = ROOT.parent / "shared" / "data" / "cifar10-jpeg"
+# A line that makes a figure: every one must be shown on the page (at least one image output each).
+MAKES_FIGURE = re.compile(r"^[^#\n]*(?:\bplots\.plot_\w+\(|\bFigure\(|\bplt\.(?:figure|subplots)\()", re.M)
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -47,9 +53,9 @@ def _tools():
     return jupytext, nbclient
 
 
-def _load_learner_copy():
-    """tutorials/learner_copy.py as a module, without writing a __pycache__ into tutorials/."""
-    spec = importlib.util.spec_from_file_location("learner_copy", TUTORIALS / "learner_copy.py")
+def _load(name):
+    """tutorials/<name>.py as a module, without writing a __pycache__ into tutorials/."""
+    spec = importlib.util.spec_from_file_location(name, TUTORIALS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     previous, sys.dont_write_bytecode = sys.dont_write_bytecode, True
     try:
@@ -59,7 +65,8 @@ def _load_learner_copy():
     return module
 
 
-learner_copy = _load_learner_copy()
+learner_copy = _load("learner_copy")
+runner = _load("notebook_runner")  # converts and runs a notebook; tutorials/build_site.py runs them with it too
 
 
 @pytest.fixture(scope="module")
@@ -67,34 +74,20 @@ def kernel_env(tmp_path_factory):
     """A kernelspec named "python3" that starts ipykernel with this very interpreter, found first
     (JUPYTER_PATH), and the kernel's environment: the repository importable, no CIFAR-10."""
     _tools()
-    from ipykernel.kernelspec import write_kernel_spec
-
-    share = tmp_path_factory.mktemp("jupyter")
-    spec_dir = share / "kernels" / KERNEL_NAME
-    write_kernel_spec(spec_dir)  # argv: [sys.executable, "-m", "ipykernel_launcher", ...]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JUPYTER_PATH", str(share))
-        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-        mp.delenv("MINIVIT_CIFAR10", raising=False)  # the tests use the small, generated data
-        yield mp
+    with runner.kernel_environment(tmp_path_factory.mktemp("kernel"),
+                                   MINIVIT_CIFAR10=None,  # the tests use the small, generated data
+                                   MINIVIT_CACHE=str(tmp_path_factory.mktemp("decode_cache"))):  # never the user's
+        with pytest.MonkeyPatch.context() as mp:
+            yield mp
 
 
 def _read(path_or_text, jupytext):
-    if isinstance(path_or_text, Path):
-        return jupytext.read(path_or_text)
-    return jupytext.reads(path_or_text, fmt="py:percent")
-
-
-def _client(nb, cwd: Path, timeout: float):
-    from nbclient import NotebookClient
-
-    return NotebookClient(nb, timeout=int(timeout), kernel_name=KERNEL_NAME, resources={"metadata": {"path": str(cwd)}})
+    return runner.read_notebook(path_or_text)
 
 
 def _execute(nb, cwd: Path, timeout: float):
     """Run every cell of `nb` in a fresh kernel, working directory `cwd`; raises on the first error."""
-    _client(nb, cwd, timeout).execute()
-    return nb
+    return runner.run_cells(nb, cwd, timeout)
 
 
 def _execute_with_learner_stubs(path: Path, cwd: Path, timeout: float, jupytext, stubs: list):
@@ -107,19 +100,23 @@ def _execute_with_learner_stubs(path: Path, cwd: Path, timeout: float, jupytext,
     nb = jupytext.read(path)
     learner = _read(learner_copy.learner_text(path.read_text(), path.stem)[0], jupytext)
     assert len(learner.cells) == len(nb.cells)
-    client = _client(nb, cwd, timeout)
-    with client.setup_kernel():
-        for index, cell in enumerate(nb.cells):
-            stub = learner.cells[index]
-            if "exercise" in stub.metadata.get("tags", []):
-                try:
-                    client.execute_cell(stub, index)
-                    stubs.append((index, None, "the stub ran without error"))
-                except CellExecutionError as e:
-                    stubs.append((index, e.ename, e.evalue))
-            else:
-                assert stub.source == cell.source, f"the learner copy changed cell {index}, not a solution"
-            client.execute_cell(cell, index)  # raises CellExecutionError if the notebook fails here
+
+    def run_stub(client, index, cell):
+        stub = learner.cells[index]
+        if "exercise" in stub.metadata.get("tags", []):
+            try:
+                client.execute_cell(stub, index)
+                stubs.append((index, None, "the stub ran without error"))
+            except CellExecutionError as e:
+                stubs.append((index, e.ename, e.evalue))
+        else:
+            assert stub.source == cell.source, f"the learner copy changed cell {index}, not a solution"
+
+    # raises runner.CellFailed (a CellExecutionError) at the first cell of the notebook that fails
+    return runner.run_cells(nb, cwd, timeout, before=run_stub)
+
+
+_image_outputs = runner.image_outputs  # how many figures a learner sees
 
 
 def _files_under(folder: Path) -> set[str]:
@@ -164,10 +161,14 @@ def test_notebook_runs_within_its_budget_and_its_learner_copy_fails_at_each_exer
     precede it in the learner copy."""
     jupytext, _ = _tools()
     kernel_env.setenv("MINIVIT_TUTORIAL_OUT", str(tmp_path / "out"))
+    if path.stem in NEEDS_CIFAR10:
+        if not (CIFAR10_JPEG / "test").is_dir():
+            pytest.skip(f"{path.name} shows CIFAR-10 test images; {CIFAR10_JPEG} is absent and tests do not download")
+        kernel_env.setenv("MINIVIT_CIFAR10", str(CIFAR10_JPEG))
     before = _files_under(TUTORIALS)
     start = time.perf_counter()
     stubs = []
-    _execute_with_learner_stubs(path, cwd=TUTORIALS, timeout=BUDGET_S, jupytext=jupytext, stubs=stubs)
+    nb = _execute_with_learner_stubs(path, cwd=TUTORIALS, timeout=BUDGET_S, jupytext=jupytext, stubs=stubs)
     TIMES[path.name] = seconds = time.perf_counter() - start
     print(f"{path.name}: {seconds:.1f} s, {len(stubs)} exercises")
     assert seconds < BUDGET_S, f"{path.name} took {seconds:.1f} s, over its budget of {BUDGET_S:.0f} s"
@@ -175,6 +176,10 @@ def test_notebook_runs_within_its_budget_and_its_learner_copy_fails_at_each_exer
         assert ename == "NotImplementedError" and f"Exercise {number} " in message, (path.name, index, message)
     written = {f for f in _files_under(TUTORIALS) - before if not NOTEBOOK_SOURCE.fullmatch(f)}
     assert not written, f"a notebook run wrote into tutorials/: {sorted(written)}"
+    figures = len(MAKES_FIGURE.findall(path.read_text()))
+    images = _image_outputs(nb)
+    print(f"{path.name}: {figures} lines make figures, {images} images on the page")
+    assert images >= figures, f"{path.name} makes figures on {figures} lines but shows {images} images inline"
 
 
 def test_the_whole_set_of_notebooks_fits_the_suite_budget():
@@ -198,6 +203,19 @@ def test_the_harness_reports_each_stub_and_raises_at_a_failing_cell(kernel_env, 
         _execute_with_learner_stubs(fake, cwd=tmp_path, timeout=60, jupytext=jupytext, stubs=stubs)
     assert [(i, name) for i, name, _ in stubs] == [(2, "NotImplementedError")]
     assert "Exercise 1 of 99_fake: define y" in stubs[0][2]
+
+
+def test_figures_count_only_when_shown_on_the_page(kernel_env, tmp_path):
+    """A figure that is a cell's result (or displayed) is an image output; one only saved to a file
+    is not, so a notebook that saves without showing fails the count of the run test."""
+    jupytext, _ = _tools()
+    text = ("# %%\nfrom minivit.analysis import plots\nfig = plots.Figure()\nfig.add_subplot().plot([1, 2])\nfig\n\n"
+            "# %%\nother = plots.Figure()\nother.add_subplot().plot([2, 1])\n"
+            f"other.savefig({str(tmp_path / 'f.png')!r})\n")
+    nb = _execute(_read(text, jupytext), cwd=tmp_path, timeout=60)
+    assert _image_outputs(nb) == 1
+    assert len(MAKES_FIGURE.findall(text)) == 2  # two figures made, one shown: the run test would fail
+    assert (tmp_path / "f.png").exists()
 
 
 def test_the_kernel_runs_the_interpreter_of_the_tests(kernel_env, tmp_path):
@@ -316,7 +334,7 @@ def _topics():
 
 def test_readme_lists_every_notebook_and_every_notebook_it_calls_present_exists():
     rows = _sequence()
-    assert sorted(rows) == [f"{i:02d}" for i in range(1, 15)], "the README should list notebooks 01-14"
+    assert sorted(rows) == [f"{i:02d}" for i in range(1, 16)], "the README should list notebooks 01-15"
     for number, (name, status) in rows.items():
         assert status.startswith(("present", "planned")), f"{name}: status should say present or planned"
         if status.startswith("present"):
