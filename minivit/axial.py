@@ -13,8 +13,8 @@ ViT at the same configuration, at the cost of more compute (two blocks per layer
 The class token: it lies on no row and no column, so Axial-ViT has none; the image representation
 is the mean of the final patch tokens (global average pooling, `global_pool="avg"`, the final
 LayerNorm after the pooling as timm's fc_norm). Position embeddings are added once at the input as
-in the ViT (learned 1D by default); the relative kind, a bias over (N, N) token pairs, does not
-apply to row and column sequences and is refused.
+in the ViT (learned 1D by default); the relative kinds ("relative_1d", "relative_bias_2d"), biases
+over (N, N) token pairs, do not apply to row and column sequences and are refused.
 
 Names: blocks.{i}.row.* and blocks.{i}.col.*, each with vit.Block's norm1, attn.qkv, attn.proj,
 norm2, mlp.fc1, mlp.fc2; the rest as in vit.py.
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import nn
+from . import nn, posemb
 from .vit import Block, ViT, ViTConfig
 
 
@@ -45,10 +45,10 @@ class AxialConfig(ViTConfig):
         if self.class_token:
             raise ValueError("Axial-ViT has no class token (it lies on no row or column); "
                              "it pools the patch tokens (global_pool='avg')")
-        if self.pos_embed == "relative":
-            raise ValueError("pos_embed='relative' biases (N, N) token pairs; Axial-ViT attends along rows "
-                             "and columns, use 'learn', 'learn_2d', 'sincos' or 'none'")
-        super().__post_init__()
+        super().__post_init__()  # resolves an old pos_embed name ("relative") to its new one
+        if self.pos_embed in posemb.RELATIVE_KINDS:
+            raise ValueError(f"pos_embed={self.pos_embed!r} biases the attention logits of (N, N) token pairs; "
+                             "Axial-ViT attends along rows and columns, use 'learn', 'learn_2d', 'sincos' or 'none'")
 
     def num_parameters(self) -> int:
         """The ViT's count with two blocks (row and column) per layer."""

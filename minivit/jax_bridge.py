@@ -9,17 +9,17 @@ The forward below is vit.py piece by piece (the paper's Eq. 1-4), one plain func
 taking that module's parameters: patch_embed, attention, mlp, block, forward_features,
 forward_head. Parameters keep the flat state-dict names (`blocks.0.attn.qkv.weight`); `_sub(p,
 "blocks.0")` hands a block its own entries, as a Module owns its attributes. Position embeddings
-take the kinds of posemb.py (learn, none, learn_2d, sincos, relative; added at the input, before
-every block, or one shared before every block) behind the same two calls: `posemb_add(layer)`
-and `attention_bias(layer)`. Dropout and drop-path need an explicit key in training:
-`apply_fn(params, x, train=True, rng=key)`.
+take every kind of posemb.KINDS (learn, none, learn_2d, sincos, relative_1d, relative_bias_2d;
+added at the input, before every block, or one shared before every block) behind the same two
+calls: `posemb_add(layer)` and `attention_bias(layer)`. Dropout and drop-path need an explicit
+key in training: `apply_fn(params, x, train=True, rng=key)`.
 
 Training, with minivit's semantics so that a run switches backend with one flag:
     cross_entropy      = functional.cross_entropy (label smoothing)
     clip_grad_norm     = optim.clip_grad_norm_ (one global L2 norm)
     optimizer_update   = optim.AdamW / Adam / SGD, per-parameter weight decay taken from the
                          minivit optimizer's groups (train.param_groups: biases, norms, cls_token,
-                         pos_embed*, rel_pos_bias exempt)
+                         pos_embed*, rel_pos_embed, rel_pos_bias exempt)
     make_train_step    one jitted step: loss, gradients, clipping, update
 The learning rate is an argument of the step, computed on the host by `optim.lr_at` (the
 WarmupSchedule of a minivit run): one schedule for both backends, exact, and no recompilation.
@@ -134,7 +134,8 @@ def patch_embed(p, x):
 
 
 def attention(p, x, cfg, bias=None, rng=None):
-    """Multi-head self-attention, x (B, N, D) -> (B, N, D); bias (Hh, N, N) is added to the logits."""
+    """Multi-head self-attention, x (B, N, D) -> (B, N, D); bias is added to the logits: an array
+    (Hh, N, N) or (B, Hh, N, N), or a function of the queries q (B, Hh, N, hd) that returns one."""
     B, N, D = x.shape
     Hh = cfg.num_heads
     hd = D // Hh
@@ -143,6 +144,8 @@ def attention(p, x, cfg, bias=None, rng=None):
     qkv = qkv.reshape(B, N, 3, Hh, hd).transpose(2, 0, 3, 1, 4)  # (3, B, Hh, N, hd)
     q, k, v = qkv[0], qkv[1], qkv[2]  # (B, Hh, N, hd) each
     logits = (q @ k.transpose(0, 1, 3, 2)) * hd**-0.5  # (B, Hh, N, N)
+    if callable(bias):
+        bias = bias(q)  # a bias that depends on the query ("relative_1d")
     att = jax.nn.softmax(logits if bias is None else logits + bias, axis=-1)  # rows sum to 1
     y = dropout(att, cfg.attn_drop_rate, r[0]) @ v  # (B, Hh, N, hd)
     y = y.transpose(0, 2, 1, 3).reshape(B, N, D)  # (B, N, D): the heads side by side again
@@ -178,7 +181,7 @@ def posemb_add(params, x, layer, cfg):
         if where == "every_block_shared":
             return x + table
         return x + table[layer]  # every_block: this block's own (N, D)
-    if layer > 0 or kind in ("none", "relative"):
+    if layer > 0 or kind == "none" or kind in posemb.RELATIVE_KINDS:
         return x
     if kind == "sincos":  # a constant: never trained, not in params
         prefix = 1 if cfg.class_token else 0
@@ -195,11 +198,24 @@ def posemb_add(params, x, layer, cfg):
 
 
 def attention_bias(params, layer, cfg):
-    """(Hh, N, N) added to block `layer`'s attention logits ("relative"), else None."""
-    if cfg.pos_embed != "relative":
+    """What is added to block `layer`'s attention logits (posemb.*.attention_bias), else None:
+    "relative_bias_2d" an array (Hh, N, N); "relative_1d" a function of the queries q
+    (B, Hh, N, hd) -> (B, Hh, N, N)."""
+    prefix = 1 if cfg.class_token else 0
+    if cfg.pos_embed == "relative_bias_2d":
+        index = posemb.relative_position_index(cfg.grid_size, prefix)  # (N, N), a constant
+        return params["rel_pos_bias"][layer][:, index]  # (Hh, N, N)
+    if cfg.pos_embed != "relative_1d":
         return None
-    index = posemb.relative_position_index(cfg.grid_size, 1 if cfg.class_token else 0)  # (N, N), a constant
-    return params["rel_pos_bias"][layer][:, index]  # (Hh, N, N)
+    index = posemb.relative_1d_index(cfg.grid_size, prefix)  # (N, N), a constant
+    rows = np.arange(len(index))[:, None]  # (N, 1)
+    r = params["rel_pos_embed"][layer]  # (Hh, R, hd): the embeddings play the keys
+
+    def bias(q):  # q (B, Hh, N, hd)
+        logits = (q @ r.transpose(0, 2, 1)) * q.shape[-1] ** -0.5  # (B, Hh, N, R): each query, every offset
+        return logits[:, :, rows, index]  # (B, Hh, N, N): [.., i, j] = logits[.., i, index[i, j]]
+
+    return bias
 
 
 # ---- the model ---------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from . import nn, posemb
 from .autograd import Tensor, broadcast_to, concatenate
 
 
-RESIZABLE_POS_EMBEDS = ("learn", "sincos", "none")  # the kinds ViT.set_img_size resizes
+RESIZABLE_POS_EMBEDS = ("learn", "sincos", "none")  # the kinds ViT.set_img_size resizes (not the relative ones)
 
 
 def config_from_dict(cls, d, what):
@@ -63,7 +63,7 @@ class ViTConfig:
     drop_rate: float = 0.0  # dropout after the position embedding and after every dense layer but qkv
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
-    pos_embed: str = "learn"  # one of posemb.KINDS
+    pos_embed: str = "learn"  # one of posemb.KINDS (an old name in posemb.ALIASES becomes its new one)
     pos_embed_at: str = "input"  # one of posemb.WHERE (learned embeddings only)
     representation_size: int | None = None  # pre-logits Linear + tanh, as in pre-training
     norm_eps: float = 1e-6
@@ -94,6 +94,7 @@ class ViTConfig:
             raise ValueError(f"global_pool must be 'token' or 'avg', got {self.global_pool!r}")
         if self.global_pool == "token" and not self.class_token:
             raise ValueError("global_pool='token' needs class_token=True")
+        self.pos_embed = posemb.resolve(self.pos_embed)  # pos_embed="relative" (old) -> "relative_bias_2d"
         posemb.check(self.pos_embed, self.pos_embed_at, self.embed_dim)
 
     @property
@@ -197,8 +198,10 @@ class Attention(nn.Module):
         self.proj_drop = nn.Dropout(cfg.drop_rate)
 
     def forward(self, x, bias=None, out=None):
-        """x (B, N, D) -> (B, N, D); bias (Hh, N, N) is added to the logits (relative position
-        embeddings); `out`, a dict, collects the attention weights under "attention"."""
+        """x (B, N, D) -> (B, N, D). bias, added to the logits (relative position embeddings,
+        posemb.py): an array (Hh, N, N) or (B, Hh, N, N), or a function of the queries q
+        (B, Hh, N, hd) that returns one. `out`, a dict, collects the attention weights under
+        "attention"."""
         B, N, D = x.shape
         Hh, hd = self.num_heads, self.head_dim
         qkv = self.qkv(x)  # (B, N, 3D)
@@ -208,6 +211,8 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, self.scale)  # fused kernel, no (N, N) matrix kept
         else:  # the same attention composed, where the weights are needed
             logits = (q @ k.transpose(0, 1, 3, 2)) * self.scale  # (B, Hh, N, N)
+            if callable(bias):
+                bias = bias(q)  # a bias that depends on the query (posemb "relative_1d")
             att = F.softmax(logits if bias is None else logits + bias)  # (B, Hh, N, N), rows sum to 1
             _keep(out, "attention", att)
             y = self.attn_drop(att) @ v  # (B, Hh, N, hd)
@@ -353,7 +358,7 @@ class ViT(nn.Module):
     # ---- the rest ------------------------------------------------------------------------------
     def position_embedding(self):
         """The absolute position embedding (N, D) as an array (for the "every block" variant the
-        first block's), or None where there is none (no embedding, or relative attention)."""
+        first block's), or None where there is none (no embedding, or a relative kind)."""
         return self.posemb.table()
 
     def astype(self, dtype):

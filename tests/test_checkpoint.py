@@ -150,7 +150,8 @@ def test_float64_model_round_trips_its_dtype(tmp_path):
 
 @pytest.mark.parametrize("overrides", [{}, {"global_pool": "avg", "class_token": False},
                                        {"representation_size": 8, "drop_rate": 0.2},
-                                       {"pos_embed": "relative", "depth": 2}])
+                                       {"pos_embed": "relative_bias_2d", "depth": 2},
+                                       {"pos_embed": "relative_1d", "depth": 2}])
 def test_model_from_checkpoint_rebuilds_the_same_config_and_logits(tmp_path, overrides):
     model, _ = trained_pair(**overrides)
     model.eval()

@@ -252,8 +252,8 @@ def test_cli_train_init_from_across_patch_sizes_exits_2(folders, tmp_path, capsy
 
 
 def test_init_from_resizes_each_blocks_relative_bias_table_and_keeps_the_class_token_entries(tmp_path):
-    saved, path = checkpoint_at_16(tmp_path, pos_embed="relative", depth=2)
-    model = ViT(img_size=32, num_classes=3, pos_embed="relative", **{**SMALL, "depth": 2})
+    saved, path = checkpoint_at_16(tmp_path, pos_embed="relative_bias_2d", depth=2)
+    model = ViT(img_size=32, num_classes=3, pos_embed="relative_bias_2d", **{**SMALL, "depth": 2})
     init_from_checkpoint(model, path)
     old, new = saved.rel_pos_bias.data, model.rel_pos_bias.data  # (L, Hh, (2g-1)^2 + 3)
     assert old.shape == (2, 2, 7 * 7 + 3) and new.shape == (2, 2, 15 * 15 + 3)
@@ -262,3 +262,13 @@ def test_init_from_resizes_each_blocks_relative_bias_table_and_keeps_the_class_t
         grid = old[layer, head, :49].reshape(49, 1)
         expected = interpolate_grid(grid, (7, 7), (15, 15))[:, 0]
         np.testing.assert_allclose(new[layer, head, :-3], expected, rtol=1e-6)
+
+
+def test_init_from_refuses_a_relative_1d_table_at_another_grid_and_loads_it_at_the_same_one(tmp_path):
+    saved, path = checkpoint_at_16(tmp_path, pos_embed="relative_1d")
+    wider = ViT(img_size=32, num_classes=3, pos_embed="relative_1d", **SMALL)
+    with pytest.raises(CheckpointError, match=r"relative_1d.*4x4 to a 8x8 patch grid.*cannot be interpolated"):
+        init_from_checkpoint(wider, path)
+    same = ViT(img_size=16, num_classes=5, pos_embed="relative_1d", **SMALL)  # new head, same grid
+    init_from_checkpoint(same, path)
+    np.testing.assert_array_equal(same.rel_pos_embed.data, saved.rel_pos_embed.data)

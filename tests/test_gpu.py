@@ -85,7 +85,8 @@ def test_flash_attention_refuses_a_head_wider_than_its_templates_naming_the_alte
 
 
 # ---------------------------------------------------------------- the model on the GPU
-@pytest.mark.parametrize("kwargs", [{}, {"pos_embed": "sincos"}, {"pos_embed": "relative"},
+@pytest.mark.parametrize("kwargs", [{}, {"pos_embed": "sincos"}, {"pos_embed": "relative_bias_2d"},
+                                    {"pos_embed": "relative_1d"},
                                     {"global_pool": "avg", "class_token": False}], ids=str)
 def test_the_model_on_the_gpu_computes_the_cpu_logits_and_gradients(kwargs):
     import minivit

@@ -208,8 +208,9 @@ def test_axial_vit_has_no_class_token_and_pools_the_patch_tokens():
     assert model.state_dict()["pos_embed"].shape == (1, 16, 32)
     with pytest.raises(ValueError, match="no class token"):
         model_config("axial_vit_testing", class_token=True, global_pool="token")
-    with pytest.raises(ValueError, match="relative"):
-        model_config("axial_vit_testing", pos_embed="relative")
+    for kind in ("relative_1d", "relative_bias_2d", "relative"):  # "relative": the old name of relative_bias_2d
+        with pytest.raises(ValueError, match="relative_1d" if kind == "relative_1d" else "relative_bias_2d"):
+            model_config("axial_vit_testing", pos_embed=kind)
 
 
 def test_axial_layers_hold_a_row_block_and_a_column_block_with_vits_names():

@@ -264,8 +264,9 @@ def test_saved_keys_are_the_official_parameter_paths():
 
 
 def test_save_refuses_a_model_the_official_layout_cannot_hold(tmp_path):
-    with pytest.raises(InteropError, match="pos_embed='relative'"):
-        save_vit_jax(random_model(pos_embed="relative"), tmp_path / "x.npz")
+    for kind in ("relative_bias_2d", "relative_1d"):
+        with pytest.raises(InteropError, match=f"pos_embed='{kind}'"):
+            save_vit_jax(random_model(pos_embed=kind), tmp_path / "x.npz")
     with pytest.raises(InteropError, match="sincos"):
         save_vit_jax(random_model(pos_embed="sincos"), tmp_path / "x.npz", layout="vit_jax")
     assert not list(tmp_path.iterdir())

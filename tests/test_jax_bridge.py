@@ -30,11 +30,13 @@ CONFIGS = {  # every position-embedding kind and place, both poolings, the head 
     "none": dict(pos_embed="none"),
     "learn_2d": dict(pos_embed="learn_2d"),
     "sincos": dict(pos_embed="sincos"),
-    "relative": dict(pos_embed="relative"),
+    "relative_bias_2d": dict(pos_embed="relative_bias_2d"),
+    "relative_1d": dict(pos_embed="relative_1d"),
     "every_block": dict(pos_embed_at="every_block"),
     "every_block_shared": dict(pos_embed_at="every_block_shared"),
     "avg_no_cls": dict(global_pool="avg", class_token=False),
-    "avg_cls_relative": dict(global_pool="avg", pos_embed="relative"),
+    "avg_cls_relative": dict(global_pool="avg", pos_embed="relative_bias_2d"),
+    "avg_no_cls_relative_1d": dict(global_pool="avg", class_token=False, pos_embed="relative_1d"),
     "gap_norm_first": dict(global_pool="avg", class_token=False, fc_norm=False),
     "pre_logits_no_qkv_bias_eps": dict(representation_size=8, qkv_bias=False, norm_eps=1e-5),
     "no_head": dict(num_classes=0),
@@ -70,7 +72,8 @@ def test_bridge_forward_matches_minivit_to_1e5(kind):
     assert rel_err(got, expected) < 1e-5
 
 
-@pytest.mark.parametrize("kind", ["learn", "relative", "learn_2d", "avg_no_cls", "pre_logits_no_qkv_bias_eps"])
+@pytest.mark.parametrize("kind", ["learn", "relative_bias_2d", "relative_1d", "learn_2d", "avg_no_cls",
+                                  "pre_logits_no_qkv_bias_eps"])
 def test_bridge_gradients_match_minivit_backward_to_1e4(kind):
     model = random_model(**CONFIGS[kind])
     x, y = images(), np.array([0, 3, 1, 4])
@@ -85,7 +88,7 @@ def test_bridge_gradients_match_minivit_backward_to_1e4(kind):
 
 
 def test_from_jax_of_to_jax_round_trips_exactly_and_leaves_minivit_rng_alone():
-    model = random_model(pos_embed="relative")
+    model = random_model(pos_embed="relative_1d")
     before = rng.get_rng_state()
     params, _ = jb.to_jax(model)
     back = jb.from_jax(params, model.config)
@@ -149,7 +152,7 @@ def test_clip_grad_norm_matches_minivit():
 
 
 def test_optimizer_spec_exempts_biases_norms_tokens_and_position_embeddings_from_decay():
-    model = random_model(pos_embed="relative")
+    model = random_model(pos_embed="relative_bias_2d")
     spec = jb.optimizer_spec(optim.AdamW(param_groups(model, 0.05)), model)
     decayed = sorted(k for k, wd in spec.weight_decay.items() if wd == 0.05)
     exempt = sorted(k for k, wd in spec.weight_decay.items() if wd == 0.0)

@@ -264,8 +264,10 @@ VARIANTS = {
     "learn_2d": dict(pos_embed="learn_2d"),
     "learn_2d/avg": dict(pos_embed="learn_2d", global_pool="avg", class_token=False),
     "sincos": dict(pos_embed="sincos"),
-    "relative": dict(pos_embed="relative"),
-    "relative/avg": dict(pos_embed="relative", global_pool="avg", class_token=False),
+    "relative_bias_2d": dict(pos_embed="relative_bias_2d"),
+    "relative_bias_2d/avg": dict(pos_embed="relative_bias_2d", global_pool="avg", class_token=False),
+    "relative_1d": dict(pos_embed="relative_1d"),
+    "relative_1d/avg": dict(pos_embed="relative_1d", global_pool="avg", class_token=False),
     "every_block": dict(pos_embed_at="every_block", depth=2),
     "every_block_shared": dict(pos_embed_at="every_block_shared", depth=2),
     "representation": dict(representation_size=6),
@@ -361,8 +363,8 @@ def test_without_position_embedding_permuting_patches_leaves_the_logits_unchange
     np.testing.assert_allclose(after, before, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("variant", ["learn/token", "learn/avg+cls", "learn_2d", "sincos", "relative/avg",
-                                     "every_block"])
+@pytest.mark.parametrize("variant", ["learn/token", "learn/avg+cls", "learn_2d", "sincos", "relative_bias_2d/avg",
+                                     "relative_1d/avg", "every_block"])
 def test_with_a_position_embedding_permuting_patches_changes_the_logits(variant):
     before, after = _logits_before_and_after_permuting(variant)
     assert np.abs(after - before).max() > 1e-6
@@ -396,7 +398,7 @@ def test_sincos_embedding_is_a_fixed_table_not_a_parameter():
 
 @pytest.mark.parametrize("class_token, extra", [(True, 3), (False, 0)])
 def test_relative_bias_table_has_one_entry_per_2d_offset_per_head_plus_class_token_entries(class_token, extra):
-    model = ViT(**{**TINY, "img_size": 12, "depth": 2, "pos_embed": "relative", "class_token": class_token,
+    model = ViT(**{**TINY, "img_size": 12, "depth": 2, "pos_embed": "relative_bias_2d", "class_token": class_token,
                    "global_pool": "token" if class_token else "avg"})
     params = dict(model.named_parameters())
     assert params["rel_pos_bias"].shape == (2, 2, (2 * 3 - 1) * (2 * 3 - 1) + extra)  # (L, Hh, offsets + cls)
@@ -412,7 +414,8 @@ def test_position_parameters_of_each_variant_have_timm_like_names_and_shapes():
     assert pos_params("learn_2d") == {"pos_embed_y": (1, 2, 4), "pos_embed_x": (1, 2, 4), "pos_embed_cls": (1, 1, 8)}
     assert pos_params("every_block") == {"pos_embed": (2, 5, 8)}  # one (N, D) per block
     assert pos_params("every_block_shared") == {"pos_embed": (1, 5, 8)}
-    assert pos_params("none/avg") == {} and pos_params("relative") == {} and pos_params("sincos") == {}
+    assert pos_params("none/avg") == {} and pos_params("relative_bias_2d") == {} and pos_params("sincos") == {}
+    assert pos_params("relative_1d") == {"rel_pos_embed": (1, 2, 2 * 4 - 1 + 3, 4)}  # (L, Hh, offsets + cls, hd)
 
 
 def test_shared_per_block_embedding_is_added_once_before_each_block():
@@ -457,7 +460,8 @@ def test_dropout_rates_make_training_stochastic_and_reproducible_while_eval_is_d
 
 # ---- (e) intermediates ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("variant", ["learn/token", "none/avg", "representation", "relative", "every_block"])
+@pytest.mark.parametrize("variant", ["learn/token", "none/avg", "representation", "relative_bias_2d", "relative_1d",
+                                     "every_block"])
 def test_one_forward_fills_the_documented_intermediates_and_returns_the_same_logits(variant):
     model = _tiny(variant).eval()
     cfg = model.config

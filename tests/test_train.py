@@ -298,7 +298,7 @@ def test_param_groups_exempt_biases_norms_pos_embed_and_cls_token_from_weight_de
 
 
 @pytest.mark.parametrize("variant", [{"pos_embed": "learn_2d"}, {"pos_embed_at": "every_block"},
-                                     {"pos_embed": "relative"}])
+                                     {"pos_embed": "relative_bias_2d"}, {"pos_embed": "relative_1d"}])
 def test_param_groups_exempt_other_position_embeddings(variant):
     model = create_model("vit_testing", **TINY, **variant)
     names = {id(p): n for n, p in model.named_parameters()}

@@ -391,7 +391,10 @@ def test_low_res_options_are_checked(tmp_path):
         Trainer(tiny_config(tmp_path, low_res_size=12, low_res_fraction=0.5))
     with pytest.raises(ValueError, match="pos_embed in"):
         Trainer(tiny_config(tmp_path, low_res_size=16, low_res_fraction=0.5,
-                            model_kwargs={**TINY, "pos_embed": "relative"}))
+                            model_kwargs={**TINY, "pos_embed": "relative_bias_2d"}))
+    with pytest.raises(ValueError, match="pos_embed in"):
+        Trainer(tiny_config(tmp_path, low_res_size=16, low_res_fraction=0.5,
+                            model_kwargs={**TINY, "pos_embed": "relative_1d"}))
 
 
 # ---------------------------------------------------------------------------- 7. reflect padding

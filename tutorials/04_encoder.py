@@ -38,10 +38,27 @@ rng = np.random.default_rng(0)
 # %% [markdown]
 # ## The equations
 #
-#     z_0  = [x_class; x_p^1 E; ...; x_p^Np E] + E_pos      (Eq. 1)  patch tokens, class token, positions
-#     z'_l = MSA(LN(z_{l-1})) + z_{l-1},   l = 1..L         (Eq. 2)  attention sub-block
-#     z_l  = MLP(LN(z'_l)) + z'_l,         l = 1..L         (Eq. 3)  MLP sub-block
-#     y    = LN(z_L^0)                                      (Eq. 4)  the class token's final state
+# Sec. 3.1 of the paper, with N patches there (Np here):
+#
+# $$
+# \begin{aligned}
+# \mathbf{z}_0 &= [\mathbf{x}_\text{class};\, \mathbf{x}^1_p \mathbf{E};\, \mathbf{x}^2_p \mathbf{E};\, \cdots;\,
+#   \mathbf{x}^{N}_p \mathbf{E}] + \mathbf{E}_{pos},
+#   \quad \mathbf{E} \in \mathbb{R}^{(P^2 \cdot C) \times D},\ \mathbf{E}_{pos} \in \mathbb{R}^{(N+1) \times D}
+#   && (1) \\
+# \mathbf{z}'_\ell &= \text{MSA}(\text{LN}(\mathbf{z}_{\ell-1})) + \mathbf{z}_{\ell-1}, \quad \ell = 1 \ldots L && (2) \\
+# \mathbf{z}_\ell &= \text{MLP}(\text{LN}(\mathbf{z}'_\ell)) + \mathbf{z}'_\ell, \quad \ell = 1 \ldots L && (3) \\
+# \mathbf{y} &= \text{LN}(\mathbf{z}^0_L) && (4)
+# \end{aligned}
+# $$
+#
+# In words: patch tokens, class token and positions (Eq. 1); the attention sub-block (Eq. 2); the
+# MLP sub-block (Eq. 3); the class token's final state (Eq. 4). In plain text:
+#
+#     z_0  = [x_class; x_p^1 E; ...; x_p^Np E] + E_pos      (Eq. 1)
+#     z'_l = MSA(LN(z_{l-1})) + z_{l-1},   l = 1..L         (Eq. 2)
+#     z_l  = MLP(LN(z'_l)) + z'_l,         l = 1..L         (Eq. 3)
+#     y    = LN(z_L^0)                                      (Eq. 4)
 #
 # and a head, a linear layer from y to the K class logits. The LayerNorm sits *before* each
 # sub-block ("pre-norm") and the residual connection adds the sub-block's output to its input;

@@ -32,9 +32,10 @@ FORMAT = "minivit-checkpoint"
 VERSION = 1
 DTYPES = ("float32", "float64")
 # Position embeddings whose weights do not pin the token count N to their own size ("sincos" and
-# "none" hold no weights, "relative" builds an (N, N) index from a table of ~4N): N is bounded.
-# 2**14 tokens: a 2048 x 2048 image in 16 x 16 patches; the relative index is then 2 GiB.
-UNPINNED_POS_EMBEDS = ("sincos", "none", "relative")
+# "none" hold no weights; "relative_bias_2d" (~4N entries) and "relative_1d" (~2N entries) build an
+# (N, N) index, and a (B, Hh, N, N) bias, from a table that grows only as N): N is bounded.
+# 2**14 tokens: a 2048 x 2048 image in 16 x 16 patches; a relative index is then 2 GiB.
+UNPINNED_POS_EMBEDS = ("sincos", "none", "relative_bias_2d", "relative_1d")
 MAX_UNPINNED_TOKENS = 1 << 14
 
 
@@ -239,8 +240,11 @@ def size_shapes(config) -> dict[str, tuple]:
         shapes["pos_embed"] = (layers, prefix + gh * gw, D)
     elif config.pos_embed == "learn_2d":
         shapes["pos_embed_y"], shapes["pos_embed_x"] = (1, gh, D // 2), (1, gw, D // 2)
-    elif config.pos_embed == "relative":
+    elif config.pos_embed == "relative_bias_2d":
         shapes["rel_pos_bias"] = (config.depth, config.num_heads, posemb.relative_table_size((gh, gw), prefix))
+    elif config.pos_embed == "relative_1d":
+        shapes["rel_pos_embed"] = (config.depth, config.num_heads, posemb.relative_1d_table_size((gh, gw), prefix),
+                                   D // config.num_heads)
     return shapes
 
 

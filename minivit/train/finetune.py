@@ -1,7 +1,9 @@
 """Fine-tuning helpers (ViT paper Section 3.2): start from a trained checkpoint, replace the head
 with a zero-initialised D x K layer for the new classes, drop the pre-logits layer, and at a
 higher resolution 2D-interpolate the learned position embeddings over the new patch grid
-(the class token's embedding is kept as it is).
+(the class token's embedding is kept as it is). A "relative_bias_2d" table is interpolated over
+the new grid's 2D offsets; a "relative_1d" table is refused at another grid (see
+`adapt_state_dict`).
 """
 from __future__ import annotations
 
@@ -52,6 +54,14 @@ def adapt_state_dict(state, saved_config, model):
         old_n, new_n = old_grid[axis], new_grid[axis]
         state[key] = posemb.interpolate_grid(state[key][0], (old_n, 1), (new_n, 1))[None]
         notes.append(f"interpolated {key} from {old_n} to {new_n} positions")
+    if "rel_pos_embed" in state and "rel_pos_embed" in own and tuple(saved.grid_size) != tuple(new_grid):
+        # A 1-D offset p_q - p_k means another 2D displacement on another grid (an offset of gw is one
+        # row down on a gh x gw grid, part of a row on a wider one): nothing to interpolate between.
+        raise CheckpointError(
+            f"cannot fine-tune pos_embed='relative_1d' from a {old_grid[0]}x{old_grid[1]} to a "
+            f"{new_grid[0]}x{new_grid[1]} patch grid: its embeddings belong to 1-D raster offsets p_q - p_k, "
+            "which stand for other 2D displacements on another grid, so they cannot be interpolated; "
+            "fine-tune at the same resolution, or train with pos_embed='learn' or 'relative_bias_2d'")
     for key in [k for k in state if k == "rel_pos_bias" and k in own and state[k].shape != own[k].shape]:
         state[key] = resize_relative_bias(state[key], old_grid, new_grid, model.num_prefix_tokens)
         notes.append(f"interpolated {key} over the relative offsets of the new grid")

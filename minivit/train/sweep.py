@@ -1,7 +1,10 @@
 """Small experiment sweeps: train one model per point of a grid of options and tabulate results.
 
-    minivit sweep --grid pos_embed=none,learn,learn_2d,sincos,relative --epochs 3 \\
+    minivit sweep --grid pos_embed=none,learn,learn_2d,sincos,relative_1d,relative_bias_2d --epochs 3 \\
         --data-dir ../shared/data/cifar10-jpeg --out experiments/pos_embed
+
+(posemb.KINDS lists the position embeddings; "relative_1d" is the paper's relative attention,
+"relative_bias_2d" a learned 2D offset bias, which earlier sweeps called "relative".)
 
 Every grid key is a ViT option (`pos_embed`, `global_pool`, `depth`, `embed_dim`, `patch_size`,
 ...) or a training option (`lr`, `epochs`, ...). Each point trains in its own run folder under
