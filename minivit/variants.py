@@ -2,10 +2,13 @@
 
 The paper's Table 1 (Dosovitskiy et al. 2021):
 
-    Model      Layers  Hidden D  MLP size  Heads   Params (P=16, 224, 1000 classes)
+    Model      Layers  Hidden D  MLP size  Heads   Params
     ViT-Base     12      768       3072     12        86M
     ViT-Large    24     1024       4096     16       307M
     ViT-Huge     32     1280       5120     16       632M
+
+(the table gives no patch size; counted at 224 x 224 with 1,000 classes, B/16 has 86.6M, L/16
+304.3M, L/32 306.5M, H/14 632.0M: tutorial 04 checks them)
 
 plus Tiny and Small (Touvron et al. 2021, DeiT) at patch 14, 16 and 32 for 224x224 ImageNet
 inputs, CIFAR-sized variants (32x32 inputs, patch 4, 10 classes), and a tiny `vit_testing`.
