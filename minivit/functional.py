@@ -16,7 +16,7 @@ import numpy as np
 
 from . import rng
 from .autograd import Function, KernelOp, MatMul, Tensor, array_module
-from .device import device_of, to_host
+from .device import device_of
 
 
 class Linear(KernelOp):
@@ -105,8 +105,13 @@ def cross_entropy(logits, labels, label_smoothing=0.0) -> Tensor:
         raise ValueError(f"labels should have shape ({logits.shape[0]},) to match logits {tuple(logits.shape)}, "
                          f"got {tuple(labels.shape)}")
     num_classes = logits.shape[-1]
-    if labels.size:  # checked where the labels are: host labels cost no copy from the GPU
-        low, high = (int(v) for v in to_host(array_module(labels).stack([labels.min(), labels.max()])))
+    # Host labels are checked here, at no cost. Labels already on the GPU are not: reading them back
+    # would copy them to the host and wait for the device in every step. The Trainer checked them on
+    # the host, every split once, before its loaders copied batches to the GPU (trainer.check_labels);
+    # an out-of-range label that reaches the GPU anyway gets a NaN loss from the default GPU kernel
+    # (kernels/gpu/loss.cu), which the Trainer reports as a non-finite loss.
+    if labels.size and device_of(labels) != "gpu":
+        low, high = int(labels.min()), int(labels.max())
         if low < 0 or high >= num_classes:
             raise ValueError(f"labels must lie in [0, {num_classes - 1}] for {num_classes} classes, "
                              f"got values in [{low}, {high}]")

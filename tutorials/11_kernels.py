@@ -23,13 +23,15 @@
 # 3. check implementations against the float64 reference with the project's harness
 #    (`kernels.bench`: `run_pair`, `compare`, `check`), and see it catch a wrong one;
 # 4. write an attention kernel of our own, check it, register it and run the model with it;
-# 5. time the versions (printed, never asserted) and read their story;
-# 6. check that the model's logits and gradients are the same, within float32 tolerance,
+# 5. write the forward pass of flash attention for one block of queries: one pass over the keys
+#    with an online softmax, equal to the reference without ever holding a row of N scores;
+# 6. time the versions (printed, never asserted) and read their story;
+# 7. check that the model's logits and gradients are the same, within float32 tolerance,
 #    under every CPU attention kernel.
 #
 # Attention is the paper's core operation (Eq. 5-7 of App. A: softmax(q k^T / sqrt(hd)) v per
-# head). Topics (see tutorials/README.md): T1, T3 (the cost and the computation of attention);
-# STYLE.md rules 3-5 and 16. Time: a few seconds on 2 idle cores.
+# head). Topics (see tutorials/README.md): T1, T3 (the cost and the computation of attention).
+# Time: a few seconds on 2 idle cores.
 
 # %%
 import kernels
@@ -118,12 +120,16 @@ assert not wrong.ok
 # ## An attention kernel of our own
 #
 # A kernel is a pair of array functions: `forward(q, k, v, scale) -> (out, cache)` and
-# `backward(dout, cache) -> (dq, dk, dv)`, with q, k, v of shape (B, Hh, N, hd). The backward
-# of O = softmax(S) v with S = scale q k^T (see kernels/reference/attention.py):
-# dv = P^T dO; dP = dO v^T; dS = P * (dP - rowsum(dP * P)); dq = scale dS k; dk = scale dS^T q.
+# `backward(dout, cache) -> (dq, dk, dv)`, with q, k, v of shape (B, Hh, N, hd), computing
+# O = P v with P = softmax(S) row by row and S = scale q k^T.
 #
-# **Exercise 1.** Write `my_forward` and `my_backward` in NumPy (subtract each row's maximum
-# before `exp` so that large logits do not overflow), keeping in the cache what backward needs.
+# **Exercise 1.** Write `my_forward` and `my_backward` in NumPy, batched over (B, Hh) with `@`
+# and `swapaxes(-1, -2)`. Forward: subtract each row's maximum before `exp` so that large
+# logits do not overflow, and keep in the cache what backward needs. Backward: the chain rule
+# through the three steps, as in notebook 02 (Exercise 6): O = P v gives dv and dP; the
+# softmax's Jacobian (per row, the derivative of P_i with respect to S_j is
+# P_i (delta_ij - P_j)) turns dP into dS; S = scale q k^T gives dq and dk. The check compares
+# the output and all three gradients with the float64 reference.
 
 # %% tags=["solution"]
 def my_forward(q, k, v, scale):
@@ -151,6 +157,64 @@ kernels.register("attention", "tutorial_numpy", my_forward, my_backward,
 cpu_attention.append("tutorial_numpy")
 
 # %% [markdown]
+# ## One pass over the keys: the online softmax
+#
+# `my_forward` builds the whole (N, N) matrix of scores. cpu_v3, like FlashAttention (Dao et al.
+# 2022), never does: for a block of query rows it walks over the keys one block at a time and
+# keeps, per query row, a running maximum m, a running sum l of exponentials and an accumulator
+# of weighted values; each key block is read once, and memory stays linear in N. The difficulty
+# is the maximum that softmax subtracts before `exp`: the maximum over all keys is known only at
+# the end of the pass.
+#
+# Start from this: for any constant c, softmax(s)_j = exp(s_j - c) / sum_k exp(s_k - c). Say the
+# key blocks so far had the running maximum m_old, so that l = sum_k exp(s_k - m_old) and
+# acc = sum_k exp(s_k - m_old) v_k over their keys. The next block's scores raise the maximum to
+# m_new. By what must l and acc be multiplied to become the same sums under m_new? Then add the
+# new block's own terms. After the last block, the output is acc / l.
+#
+# **Exercise 2.** Write `online_attention(q, k, v, scale, block)` for one block of query rows
+# q (Nq, hd) against all keys and values k, v (N, hd): one pass over the key blocks
+# `k[j:j + block]`, `v[j:j + block]` (the last one may be shorter), with a running maximum (Nq,),
+# a running sum (Nq,) and an accumulator (Nq, hd); no (Nq, N) array. Return the (Nq, hd) output.
+# The check builds keys whose scores grow from block to block, so that every query row's
+# maximum changes during the pass, and compares with the reference kernel to 1e-5.
+
+# %% tags=["solution"]
+def online_attention(q, k, v, scale, block=32):
+    Nq = q.shape[0]
+    m = np.full(Nq, -np.inf)  # running maximum of each query row's scores
+    l = np.zeros(Nq)  # running sum of exp(score - m)
+    acc = np.zeros((Nq, v.shape[1]))  # running sum of exp(score - m) * v
+    for j in range(0, k.shape[0], block):
+        s = scale * (q @ k[j:j + block].T)  # (Nq, block): this key block's scores only
+        m_new = np.maximum(m, s.max(axis=1))
+        correction = np.exp(m - m_new)  # moves what was summed under the old maximum to the new one
+        p = np.exp(s - m_new[:, None])
+        l = l * correction + p.sum(axis=1)
+        acc = acc * correction[:, None] + p @ v[j:j + block]
+        m = m_new
+    return acc / l[:, None]
+
+
+# %%
+g = np.random.default_rng(3)
+Nq, N_keys, hd, blk = 16, 96, 64, 32
+u = np.ones(hd) / np.sqrt(hd)  # a direction every query leans towards
+q1 = 0.5 * g.standard_normal((Nq, hd)) + 2.0 * u
+k1 = g.standard_normal((N_keys, hd)) + 8.0 * (np.arange(N_keys) // blk)[:, None] * u  # later blocks score higher
+v1 = g.standard_normal((N_keys, hd))
+scale1 = hd ** -0.5
+scores = scale1 * q1 @ k1.T  # (Nq, N): only to check that the inputs test what they should
+block_max = scores.reshape(Nq, N_keys // blk, blk).max(axis=2)
+assert (block_max[:, 1:] > block_max[:, :1]).all()  # every row's maximum changes after the first block
+want1 = reference.forward(q1[None, None], k1[None, None], v1[None, None], scale1)[0][0, 0]  # (Nq, hd)
+for b_ in (blk, 40, N_keys):  # three key blocks; a short last block; a single block
+    got1 = online_attention(q1, k1, v1, scale1, b_)
+    err1 = np.abs(got1 - want1).max()
+    print(f"key blocks of {b_:3d}: max |online - reference| = {err1:.1e}")
+    assert got1.shape == (Nq, hd) and err1 < 1e-5
+
+# %% [markdown]
 # ## Timing the versions
 #
 # `bench.time_impls` runs the implementations in turns (each round runs every one once, so
@@ -158,6 +222,10 @@ cpu_attention.append("tutorial_numpy")
 # times. `python -m kernels.bench attention` prints the full table with GFLOP/s and the
 # speed-up over the reference; here a smaller version at a CIFAR ViT's size. The numbers depend
 # on the machine and its load: read them, don't trust a single run.
+#
+# **Predict, then run.** At this size (65 tokens, 48 heads of 64 dimensions in a batch), will
+# our NumPy kernel be faster or slower than the reference, and which Numba version do you
+# expect to be fastest? (The table of defaults above names the version that runs by default.)
 
 # %%
 dims_t = dict(B=16, Hh=3, N=65, hd=64)
@@ -175,7 +243,8 @@ for name, t in timings.items():
 # ## The numbered versions and their story
 #
 # Each file in kernels/cpu/ opens with its versions, the idea of each, and their measured
-# speed on a named machine (the llm.c way). Here is attention's:
+# speed on a named machine, so that a reader sees why each version exists and what it bought.
+# Here is attention's (v3 is the online softmax of Exercise 2, with tiles of queries and keys):
 
 # %%
 story = kernels.cpu.attention.__doc__
@@ -189,6 +258,9 @@ assert all(name in story for name in cpu_attention if name.startswith("cpu_"))  
 # attention implementation (including ours) and compare the logits and a gradient with the
 # reference's. The fused op only runs when no attention weights are requested (`out=None`),
 # which is the ordinary forward pass used here.
+#
+# **Predict, then run.** Will the logits be bit for bit the same under every kernel, or only
+# close? If close, how close, for float32 logits of order 1?
 
 # %%
 minivit.manual_seed(0)

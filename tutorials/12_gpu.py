@@ -23,12 +23,13 @@
 # 4. swap the GPU attention kernel one version at a time (v1 cuBLAS + softmax, v2 a warp per row,
 #    v3 flash tiles), check each against the float64 reference and time it with CUDA events;
 # 5. write an op in array code that runs on both devices (the exercise);
-# 6. count what a training step copies back to the host: one small array.
+# 6. see where the labels are checked (on the host, once, before they go to the GPU), and count
+#    what a training step copies back to the host: one small array.
 #
-# Cells that need a GPU say so and skip on a machine without one; what they claim is checked
-# by tests/test_gpu.py on a GPU, and on the CPU by tests/test_device_cpu.py with a fake GPU.
-# Topics: (performance). Time: a few seconds without a GPU; about 30 s with one (the first
-# run of a machine compiles the .cu files, then CuPy caches them).
+# Cells that need a GPU say so and skip on a machine without one; the project's GPU tests
+# (tests/test_gpu.py) check the same claims on a GPU. Topics: (performance). Time: a few
+# seconds without a GPU; about 30 s with one (the first run of a machine compiles the .cu
+# files, then CuPy caches them).
 
 # %%
 import kernels
@@ -95,8 +96,10 @@ for impl in kernels.available("attention", device="gpu"):
 #
 # A copy of the model with the same weights goes to the GPU. NumPy images given to a model on the
 # GPU are copied there by its first op (data follows the weights; a parameter never moves by
-# itself), and `.numpy()` brings the logits back. The two agree to float32 rounding: the CPU and
-# the GPU add in different orders.
+# itself), and `.numpy()` brings the logits back.
+#
+# **Predict, then run.** Same weights, same images: will the GPU's logits equal the CPU's bit
+# for bit? If not, how large a difference do you expect, relative to the largest logit?
 
 # %%
 rng = np.random.default_rng(0)
@@ -110,7 +113,7 @@ if GPU:
     with minivit.no_grad():
         gpu_logits = gpu_model(x).numpy()
     err = float(np.abs(gpu_logits - cpu_logits).max() / np.abs(cpu_logits).max())
-    print(f"largest difference, relative to the largest logit: {err:.1e}")
+    print(f"largest difference, relative to the largest logit: {err:.1e} (float32 sums in another order)")
     assert err < 1e-4
     results["logits_rel_err"] = err
 else:
@@ -127,8 +130,7 @@ else:
 #
 # Without a GPU, one claim can still be checked here: version 1 of most GPU ops is written as
 # CuPy array code, which runs unchanged with NumPy arrays, so it meets the same reference on the
-# CPU. (The CUDA C versions, v2 and v3, are compiled by tests/test_gpu_sources.py on any machine
-# with nvcc, and run by tests/test_gpu.py on a GPU.)
+# CPU. (The CUDA C versions, v2 and v3, need a GPU.)
 
 # %%
 dims = dict(B=32, Hh=3, N=65, hd=64)
@@ -154,9 +156,15 @@ else:
 # ## Exercise: an op in array code, for both devices
 #
 # The array-code versions never name NumPy or CuPy: they ask the array which module it belongs to
-# (`device.array_module(x)`) and call that. Write `gelu_xp(x)`, the exact GELU of ViT's MLP,
-# `x * Phi(x)` with `Phi(x) = (1 + erf(x / sqrt(2))) / 2`, for a NumPy or a CuPy array. For erf use
-# `kernels.gpu.normact.erf`, which picks scipy's or cupyx's. Return an array of x's dtype.
+# (`device.array_module(x)`) and call that. ViT's MLP uses the exact GELU, x Phi(x), where Phi
+# is the cumulative distribution function of the standard normal,
+# Phi(x) = integral from -inf to x of exp(-t^2 / 2) / sqrt(2 pi) dt. Libraries do not offer Phi;
+# they offer the error function, erf(z) = (2 / sqrt(pi)) integral from 0 to z of exp(-t^2) dt.
+#
+# **Exercise 1.** Express Phi through erf (split Phi's integral at 0 and substitute t = sqrt(2) s),
+# then write `gelu_xp(x)` for a NumPy or a CuPy array x. For erf use `kernels.gpu.normact.erf`,
+# which picks scipy's or cupyx's. Return an array of x's dtype. The check compares with minivit's
+# GELU reference on [-4, 4] (and on the GPU too, where there is one).
 
 # %% tags=["solution"]
 from kernels.gpu.normact import erf  # noqa: E402
@@ -176,33 +184,87 @@ if GPU:
 print("gelu_xp matches the reference", "on the CPU and the GPU" if GPU else "on the CPU")
 
 # %% [markdown]
+# ## Where the labels are checked
+#
+# A label outside [0, K) must stop a run, not train it on garbage. `F.cross_entropy` checks
+# labels that are on the host, where reading them is free. It does not read labels that are
+# already on the GPU: that would copy them to the host, and make the host wait for the device,
+# in every step. Instead the Trainer checks every split's labels once, on the host, against its
+# head's number of classes, before its loaders copy any batch to the device
+# (`minivit.train.trainer.check_labels`). Both checks run on any machine:
+
+# %%
+from minivit.train.trainer import check_labels  # noqa: E402
+
+
+def value_error(f, *args):
+    """The message of the ValueError that f(*args) raises, or None if it raises none."""
+    try:
+        f(*args)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+assert value_error(check_labels, np.arange(10), 10, "train labels") is None
+message = value_error(check_labels, np.array([0, 3, 10]), 10, "train labels")
+print(message)
+assert "[0, 9] for 10 classes" in message and "[0, 10]" in message
+message = value_error(F.cross_entropy, np.zeros((3, 10), np.float32), np.array([0, -1, 2]))
+print(message)
+assert "[0, 9] for 10 classes" in message and "[-1, 2]" in message
+
+# %% [markdown]
 # ## What a training step copies back
 #
 # A GPU runs ahead of Python: kernels are queued, and the host waits only when it reads a value.
 # So a training step should read as little as possible. minivit's Trainer reads one small array
-# at the end of each step, the loss and the number of correct predictions together (8 bytes),
-# to log them and to stop on divergence; gradient clipping computes and applies its norm on the
-# device, and the accuracy is counted there. (`F.cross_entropy` also checks that the labels lie
-# in range, which reads them; issue 10's report discusses moving that check to the host.)
-# Below, on a GPU, we count the copies of three steps by wrapping CuPy's `get`.
+# at the end of each step, the loss and the number of correct predictions together (two
+# float64 numbers), to log them and to stop on divergence; gradient clipping computes and
+# applies its norm on the device, the accuracy is counted there, and the labels were checked
+# before they left the host. Below, on a GPU, we count every read of a CuPy array by the host
+# during three steps, by wrapping the CuPy methods that copy to the host (`get`, `item`,
+# `tolist`, and the conversions to Python numbers and NumPy arrays).
+#
+# **Predict, then run.** How many arrays will three training steps copy to the host, and of
+# what shape?
 
 # %%
 if GPU:
     from minivit.train import TrainConfig, Trainer
 
     trainer = Trainer(TrainConfig(model="vit_testing", dataset="procedural", num_samples=256, val_size=0, epochs=1,
-                                  batch_size=64, out_dir=str(OUT / "run"), device="cuda", progress=False))
+                                  batch_size=64, out_dir=str(OUT / "run"), device="cuda", progress=False,
+                                  eval_test=False))
     batches = [b for b, _ in zip(trainer.train_loader.epoch(0), range(4))]
+    assert all(device.device_of(y) == "gpu" for _, y in batches)  # the labels travel with their images
     trainer.train_step(*batches[0])  # the first step compiles
-    calls, get = [], cp.ndarray.get
-    cp.ndarray.get = lambda self, *a, **k: calls.append(self.shape) or get(self, *a, **k)
+    READS = ("get", "item", "tolist", "__float__", "__int__", "__bool__", "__index__", "__array__")
+    originals = {name: getattr(cp.ndarray, name) for name in READS}
+    copies, depth = [], []
+
+    def counted(name):
+        def read(self, *args, **kwargs):
+            if not depth:  # the outermost read only: one read may call another
+                copies.append((name, self.shape))
+            depth.append(name)
+            try:
+                return originals[name](self, *args, **kwargs)
+            finally:
+                depth.pop()
+        return read
+
+    for name in READS:
+        setattr(cp.ndarray, name, counted(name))
     try:
         for batch in batches[1:]:
             trainer.train_step(*batch)
     finally:
-        cp.ndarray.get = get
-    print("arrays copied to the host in 3 steps (shapes):", calls)
-    assert calls.count((2,)) == 3  # the (loss, correct) pair, once a step
+        for name, method in originals.items():
+            setattr(cp.ndarray, name, method)
+    print("reads of GPU arrays by the host in 3 steps (method, shape):", copies)
+    assert copies == [("get", (2,))] * 3  # the (loss, correct) pair, once a step, and nothing else
+    results["host_copies_in_3_steps"] = [list(c[1]) for c in copies]
 else:
     print("skipped: no GPU")
 (OUT / "results.json").write_text(json.dumps(results, indent=1))

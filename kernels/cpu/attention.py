@@ -1,4 +1,4 @@
-"""Attention forward and backward on the CPU in Numba: numbered versions, llm.c style.
+"""Attention forward and backward on the CPU in Numba: numbered versions, each with its story.
 
 Every version computes what kernels/reference/attention.py computes (Vaswani et al. 2017, Eq. 1;
 ViT paper, Appendix A, Eq. 5-7), per batch b and head h with q, k, v of shape (N, hd):

@@ -7,7 +7,8 @@
 //
 // sce_fwd_v2: one warp per row computes both in one pass over the row (max, sum of exp, then the
 // gradient), so the backward is one multiplication by the incoming gradient. A label outside
-// [0, K) gives a NaN loss for its row (minivit.functional.cross_entropy refuses such labels first).
+// [0, K) gives a NaN loss for its row: host labels are refused by minivit.functional.cross_entropy,
+// and the Trainer checks its labels on the host before they reach the GPU (train.trainer.check_labels).
 
 template <typename T> __device__ __forceinline__ T ex(T x);
 template <> __device__ __forceinline__ float ex<float>(float x) { return expf(x); }

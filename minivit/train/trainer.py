@@ -12,8 +12,9 @@ trajectory of an uninterrupted run. Ctrl-C saves a checkpoint before exiting.
 On the GPU (`device="cuda"`) the model, optimizer state and batches live there; a training step
 copies one small array to the host, at its end: the loss and the number of correct predictions
 together, to log them and to stop on divergence. Gradient clipping and the accuracy count stay
-on the device; evaluation copies its two totals once per pass. Checkpoints hold host arrays, and
-a run started on one device resumes on either.
+on the device; evaluation copies its two totals once per pass. The labels are checked once, on
+the host, before the loaders copy any batch to the device (`check_labels`), so that no step
+reads them back. Checkpoints hold host arrays, and a run started on one device resumes on either.
 
 Each trick of TrainConfig (config.py) enters the loop at one place: mimetic init where the
 model is made; after each step the weight EMA (ema.py), the time-budget schedule (budget.py) and
@@ -31,6 +32,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import kernels
+import numpy as np
 
 from .. import data as mdata
 from .. import device as _device
@@ -49,6 +51,16 @@ from .evaluation import evaluate
 from .progress import EpochStats, ProgressBar, interrupt_flag, truncate_metrics
 from .resolution import at_resolution, check_low_res, switch_resolution, to_size
 
+
+def check_labels(labels, num_classes, what="labels"):
+    """A ValueError unless every label lies in [0, num_classes): the range check of
+    functional.cross_entropy, done once on host labels (`what` names them in the message)."""
+    labels = np.asarray(labels)
+    if labels.size:
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= num_classes:
+            raise ValueError(f"{what} must lie in [0, {num_classes - 1}] for {num_classes} classes, "
+                             f"got values in [{low}, {high}]")
 
 
 def param_groups(model, weight_decay):
@@ -135,6 +147,12 @@ class Trainer:
         cfg = self.cfg
         full = mdata.load_dataset(cfg.dataset, cfg.data_dir, "train", num_samples=cfg.num_samples, seed=cfg.seed)
         self.test_set = mdata.load_dataset(cfg.dataset, cfg.data_dir, "test", seed=cfg.seed) if cfg.eval_test else None
+        # On the host, before any loader copies a batch to the device: cross_entropy does not read
+        # labels back from the GPU. Against the head's outputs (the MPP model has no class head).
+        classes = cfg.model_kwargs.get("num_classes") or full.num_classes
+        for split, ds in (("train", full), ("test", self.test_set)):
+            if ds is not None:
+                check_labels(ds.labels, classes, f"{cfg.dataset} {split} labels")
         if cfg.val_size:
             self.train_set, self.val_set = mdata.split_train_val(full, cfg.val_size, seed=cfg.seed)
         else:
