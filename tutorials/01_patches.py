@@ -76,11 +76,12 @@ print(ds, "-> x", x.shape, x.dtype)
 # %% [markdown]
 # ## Patchify by hand
 #
-# Eq. 1 starts from "a sequence of flattened 2D patches x_p of shape N x (P^2 C)". With
-# B images of C x H x W and patch size P, the patch grid is gh x gw = H/P x W/P and there are
-# Np = gh * gw patches, taken in raster order (row by row). Each patch is flattened in the
-# order (C, P, P), the order of the weights of a PyTorch/timm convolution, so that the same
-# numbers can be read as a matrix or as a convolution kernel.
+# Sec. 3.1: "we reshape the image x ∈ R^(H×W×C) into a sequence of flattened 2D patches
+# x_p ∈ R^(N×(P^2·C))" (the paper's N is our Np). With B images of C x H x W and patch size P,
+# the patch grid is gh x gw = H/P x W/P and there are Np = gh * gw patches, taken in raster
+# order (row by row). Each patch is flattened in the order (C, P, P), the order of the weights
+# of a PyTorch/timm convolution, so that the same numbers can be read as a matrix or as a
+# convolution kernel.
 #
 # **Exercise 1.** Write `patchify(x, P)`: (B, C, H, W) -> (B, Np, C*P*P), token i*gw + j being
 # the patch at grid row i and column j, flattened in the order (C, P, P). Use NumPy reshapes and
