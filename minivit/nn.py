@@ -16,12 +16,15 @@ from .autograd import Tensor, array_module
 
 
 class Parameter(Tensor):
-    """A Tensor that a Module registers as trainable (requires_grad=True)."""
+    """A Tensor that a Module registers as trainable (requires_grad=True). Its array is
+    C-contiguous (row-major): made so here and by Module.load_state_dict, to() and astype(),
+    because the fused optimizer kernels walk a parameter and its moments as flat memory."""
 
     __slots__ = ()
 
     def __init__(self, data, requires_grad=True):
         super().__init__(data, requires_grad=requires_grad)
+        self.data = c_contiguous(self.data)
 
     def __repr__(self):
         return f"Parameter(shape={self.shape}, dtype={self.dtype})"
@@ -92,7 +95,7 @@ class Module:
     def astype(self, dtype):
         """Cast every parameter to `dtype` in place (e.g. np.float64 for gradient checks)."""
         for p in self.parameters():
-            p.data = p.data.astype(dtype)
+            p.data = p.data.astype(dtype, order="C")
             p.grad = None
         return self
 
@@ -102,12 +105,13 @@ class Module:
         object (a fixed sin-cos table, a relative-position index). Parameters stay the same
         objects, so an optimizer made earlier still holds them (its state follows them at its
         next step). On the device already: nothing is copied. No GPU: DeviceUnavailable, before
-        anything moves."""
+        anything moves. Parameters and gradients come out C-contiguous (a Fortran-ordered or
+        strided array is copied to row-major order, also when it is on `device` already)."""
         device = _device.require(device)
         for p in self.parameters():
-            p.data = _device.to_device(p.data, device)
+            p.data = c_contiguous(_device.to_device(p.data, device))
             if p.grad is not None:
-                p.grad = _device.to_device(p.grad, device)
+                p.grad = c_contiguous(_device.to_device(p.grad, device))
         for m in self.modules():
             _move_constants(m, device, depth=1)
         return self
@@ -118,7 +122,8 @@ class Module:
         return OrderedDict((name, p.data) for name, p in self.named_parameters())
 
     def load_state_dict(self, state_dict, strict=True):
-        """Copy arrays into the parameters. Raises KeyError listing missing and unexpected keys
+        """Copy arrays into the parameters, in C order whatever the source's layout (interop's
+        transposed kernels are Fortran-ordered). Raises KeyError listing missing and unexpected keys
         (when strict) and ValueError on any shape mismatch, before changing anything."""
         own = dict(self.named_parameters())
         missing = [k for k in own if k not in state_dict]
@@ -154,13 +159,22 @@ class Module:
         return ""
 
 
+def c_contiguous(a):
+    """`a` itself when it is C-contiguous (row-major), else a row-major copy on its device. A
+    parameter must be: the fused AdamW kernels on the GPU (kernels/gpu/optim.py) pair element i
+    of p's flat memory with element i of its gradient's and its moments', so a Fortran-ordered
+    weight next to a row-major gradient would take another weight's gradient (the multi-tensor
+    default refuses such a list; the Numba one falls back to the slower NumPy reference)."""
+    return a if a.flags.c_contiguous else a.copy(order="C")
+
+
 def _to_like(value, like):
-    """`value` as an owned array with `like`'s dtype and device (a checkpoint's host arrays load
-    into GPU parameters, a GPU model's state dict into a CPU one)."""
+    """`value` as an owned, C-contiguous array with `like`'s dtype and device (a checkpoint's host
+    arrays load into GPU parameters, a GPU model's state dict into a CPU one)."""
     value = value.numpy() if isinstance(value, Tensor) or type(value).__module__.startswith("torch") else value
     if _device.device_of(like) == "cpu":
-        return np.array(_device.to_host(value), dtype=like.dtype, copy=True)
-    return array_module(like).array(value, dtype=like.dtype, copy=True)
+        return np.array(_device.to_host(value), dtype=like.dtype, copy=True, order="C")
+    return c_contiguous(array_module(like).array(value, dtype=like.dtype, copy=True))
 
 
 def _move_constants(obj, device, depth):

@@ -23,6 +23,7 @@ import numpy as np
 import kernels
 
 from .device import array_module, device_of, to_device, to_host
+from .nn import c_contiguous
 
 
 class Optimizer:
@@ -80,10 +81,12 @@ class Optimizer:
 
 
 def _array_like(value, like):
-    """A copy of value with like's dtype, on like's device."""
+    """A C-contiguous copy of value with like's dtype, on like's device (the fused AdamW kernels
+    pair a moment's flat memory with its parameter's, which is C-contiguous: see nn.Parameter;
+    a checkpoint may hold Fortran-ordered moments)."""
     if device_of(like) == "cpu":
-        return np.array(to_host(value), dtype=like.dtype)
-    return array_module(like).array(value, dtype=like.dtype)
+        return np.array(to_host(value), dtype=like.dtype, order="C")
+    return c_contiguous(array_module(like).array(value, dtype=like.dtype))
 
 
 def _follow(state, like):
@@ -136,7 +139,9 @@ class AdamW(Optimizer):
             state = _follow(self.state.setdefault(i, {}), p.data)
             if not state:
                 xp = array_module(p.data)
-                state.update(step=0, exp_avg=xp.zeros_like(p.data), exp_avg_sq=xp.zeros_like(p.data))
+                # C order, as the parameter (nn.Parameter); zeros_like would copy a Fortran layout
+                state.update(step=0, exp_avg=xp.zeros(p.data.shape, p.data.dtype),
+                             exp_avg_sq=xp.zeros(p.data.shape, p.data.dtype))
             state["step"] += 1
             g, wd = p.grad, group["weight_decay"]
             if not self.decoupled and wd:
