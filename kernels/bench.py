@@ -9,7 +9,9 @@
 For each op, preset and dtype, every implementation is first run on the same inputs as the
 NumPy reference run in float64 (inputs cast up exactly). A mismatch beyond the dtype's
 tolerance prints the first mismatching indices with both values and the max error, marks the
-row WRONG, and the implementation is not timed. Correct ones are timed forward and backward
+row WRONG, and the implementation is not timed; after the tables the command lists every WRONG
+row again and exits 1, so that a wrong version (on the GPU above all) fails the run that checks
+it, in a script as on the command line. Correct ones are timed forward and backward
 separately after a warm-up (median of --repeat runs, time.perf_counter; the implementations take
 turns run by run, so a shared machine's changing load hits them alike) and reported in ms,
 GFLOP/s (dense ops, attention) or GB/s (elementwise and row ops: bytes that must move at least
@@ -613,13 +615,31 @@ def main(argv=None):
     if args.plot and results:
         plot(results, args.plot)
         print(f"\nplot saved to {args.plot}")
+    wrong = wrong_rows(results)
     if args.json:
         import json
 
         with open(args.json, "w") as f:
-            json.dump({"device": peaks["device"] if peaks else "cpu", "peaks": peaks, "cases": records}, f, indent=1)
+            json.dump({"device": peaks["device"] if peaks else "cpu", "peaks": peaks, "cases": records,
+                       "wrong": [f"{title}: {impl}" for title, impl, _ in wrong]}, f, indent=1)
         print(f"results saved to {args.json}")
+    if wrong:
+        report_wrong(wrong)
+        return 1
     return 0
+
+
+def wrong_rows(results):
+    """[(case title, impl, first mismatch line)] of every WRONG row of the tables."""
+    return [(title, r.impl, r.check.lines[0] if r.check.lines else "no detail")
+            for title, rows in results for r in rows if r.status != "ok"]
+
+
+def report_wrong(wrong, out=print):
+    """The WRONG rows again, after the tables: the last lines, the ones a script's log tail shows."""
+    out(f"\nFAILED: {len(wrong)} implementation(s) WRONG against the float64 reference (exit 1):")
+    for title, impl, detail in wrong:
+        out(f"  {impl} in {title}: {detail.strip()}")
 
 
 if __name__ == "__main__":

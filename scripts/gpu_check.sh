@@ -19,13 +19,32 @@
 # (PYTHONPATH=.). Without a GPU (a rehearsal on a CPU machine) the GPU parts are skipped with the
 # reason and the rest runs in a quick mode, on the CPU.
 #
+# Whether this is a GPU machine is decided first, and a broken GPU set-up fails the call (exit 3,
+# the reason on the last lines and in summary.json) instead of passing as a CPU rehearsal: where
+# `nvidia-smi -L` lists a GPU (or GPU_CHECK_EXPECT_GPU=1), CuPy must import, see the GPU, and
+# compile and run a one-line kernel with the project's NVRTC flags (a few seconds). Only where
+# nvidia-smi is missing or lists no GPU (or GPU_CHECK_EXPECT_GPU=0) does a CuPy that cannot run
+# mean "CPU rehearsal". `--dry-run` (or GPU_CHECK_DRY_RUN=1) stops right after that decision:
+# exit 0 for "GPU" or "rehearsal", 3 for a broken GPU set-up (tests/test_gpu_check_script.py runs
+# it so, with a fake nvidia-smi). The kernels_bench part fails (exit 1) when any version is WRONG.
+#
 # Knobs: GPU_CHECK_BUDGET (seconds for the whole script, default 480: 8 minutes, which leaves a
 # 15-minute device budget room for the machine's start and a short rerun), CIFAR_SECONDS (the
 # training run's time limit, default 240, shortened to what the budget has left: about 2 minutes
 # after the other parts), GPU_CHECK_PARTS (default "tests kernels_bench train_step attention
 # cifar10"; GPU_CHECK_PARTS=cifar10 GPU_CHECK_BUDGET=560 CIFAR_SECONDS=480 spends one call on the
-# CIFAR target alone), PYTHON (default python3).
+# CIFAR target alone), PYTHON (default python3), GPU_CHECK_EXPECT_GPU (auto: nvidia-smi decides;
+# 1: a GPU must work; 0: never fail for want of one), GPU_CHECK_DRY_RUN (1: stop after the GPU
+# decision).
 set -uo pipefail
+DRY_RUN="${GPU_CHECK_DRY_RUN:-0}"
+for arg in "$@"; do
+    case "$arg" in
+        --dry-run) DRY_RUN=1 ;;
+        *) echo "gpu_check: unknown argument $arg (the knobs are environment variables: see the header)" >&2
+           exit 2 ;;
+    esac
+done
 cd "$(dirname "$0")/.."
 OUT="${OUT:-runs/gpu_check}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")"
@@ -61,7 +80,21 @@ part() {
 }
 
 say "gpu_check: $(date -u +%FT%TZ), $(uname -m), $($PY --version 2>&1)"
-(nvidia-smi -L 2>/dev/null || echo "nvidia-smi: not available") | tee -a "$LOG"
+SMI="$(nvidia-smi -L 2>&1)"; SMI_RC=$?
+if [ "$SMI_RC" -eq 0 ]; then
+    say "$SMI"
+else
+    say "nvidia-smi: not available or failed (exit $SMI_RC): ${SMI:0:200}"
+fi
+case "${GPU_CHECK_EXPECT_GPU:-auto}" in
+    1) EXPECT_GPU=1; WHY_EXPECT="GPU_CHECK_EXPECT_GPU=1" ;;
+    0) EXPECT_GPU=0; WHY_EXPECT="" ;;
+    *) if [ "$SMI_RC" -eq 0 ] && grep -qE '^GPU [0-9]+:' <<<"$SMI"; then
+           EXPECT_GPU=1; WHY_EXPECT="nvidia-smi lists $(grep -cE '^GPU [0-9]+:' <<<"$SMI") GPU(s)"
+       else
+           EXPECT_GPU=0; WHY_EXPECT=""
+       fi ;;
+esac
 $PY - <<'EOF' 2>&1 | tee -a "$LOG"
 import importlib
 for name in ("numpy", "numba", "scipy", "cupy", "torch", "PIL", "matplotlib"):
@@ -71,12 +104,50 @@ for name in ("numpy", "numba", "scipy", "cupy", "torch", "PIL", "matplotlib"):
         print(f"{name}: {type(e).__name__}: {e}")
 EOF
 
-if $PY -c "from kernels.gpu import runtime; runtime.cupy()" >"$WORK/gpu.txt" 2>&1; then
+# CuPy must import, see a GPU, and compile (NVRTC, the project's flags) and run a kernel
+$PY - >"$WORK/gpu.txt" 2>&1 <<'EOF'
+import numpy as np
+
+from kernels.gpu import runtime
+
+cp = runtime.cupy()  # DeviceUnavailable, with the reason, where CuPy cannot import or sees no GPU
+source = 'extern "C" __global__ void probe(float* x) { x[threadIdx.x] = 2.0f * x[threadIdx.x] + 1.0f; }'
+try:
+    x = cp.arange(32, dtype=cp.float32)
+    cp.RawModule(code=source, options=runtime.OPTIONS).get_function("probe")((1,), (32,), (x,))
+    got = cp.asnumpy(x)
+except Exception as e:
+    raise SystemExit(f"CuPy {cp.__version__} imports but cannot compile or run a kernel: {type(e).__name__}: {e}")
+if not np.array_equal(got, 2 * np.arange(32, dtype=np.float32) + 1):
+    raise SystemExit(f"CuPy {cp.__version__} ran the probe kernel and got the wrong numbers: {got[:4]}...")
+props = cp.cuda.runtime.getDeviceProperties(cp.cuda.runtime.getDevice())
+name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+nvrtc = ".".join(map(str, cp.cuda.nvrtc.getVersion()))
+print(f"CuPy {cp.__version__} compiles and runs kernels on {name} (NVRTC {nvrtc})")
+EOF
+GPU_RC=$?
+cat "$WORK/gpu.txt" >>"$LOG"
+if [ "$GPU_RC" -eq 0 ]; then
     GPU=1
-    say "GPU: yes"
+    say "GPU: yes: $(tail -n 1 "$WORK/gpu.txt")"
+elif [ "$EXPECT_GPU" = 1 ]; then
+    WHY="$(tail -n 1 "$WORK/gpu.txt")"
+    tail -n 15 "$WORK/gpu.txt"
+    say "ERROR: this is a GPU machine ($WHY_EXPECT) but CuPy cannot use the GPU: $WHY"
+    say "ERROR: gpu_check fails here instead of passing as a CPU rehearsal: fix the CuPy install (the [gpu] extra,"
+    say "ERROR: or the cupy-cuda1Nx that matches the driver, with its NVRTC), or set GPU_CHECK_EXPECT_GPU=0 to rehearse"
+    $PY -c "import json, sys; json.dump({'gpu': False, 'error': sys.argv[1], 'expected_gpu': sys.argv[2]}, \
+open(sys.argv[3], 'w'), indent=1)" "$WHY" "$WHY_EXPECT" "$OUT/summary.json"
+    rm -rf "$WORK"
+    exit 3
 else
     GPU=0
     say "GPU: no ($(tail -n 1 "$WORK/gpu.txt")); the GPU parts are skipped, the rest runs in quick mode on the CPU"
+fi
+if [ "$DRY_RUN" = 1 ]; then
+    say "dry run: stopping after the GPU decision ($([ "$GPU" = 1 ] && echo "GPU" || echo "CPU rehearsal"))"
+    rm -rf "$WORK"
+    exit 0
 fi
 
 # 1. tests (the .cu compile test, tests/test_gpu_sources.py, runs in CI and on the CPU machine)

@@ -128,16 +128,31 @@ def test_module_to_and_back_keeps_every_value_and_the_parameters_themselves():
 
 # ---------------------------------------------------------------- copies to the host
 class _CopyCounter:
-    """Counts CuPy's device-to-host copies by call site (CuPy's own methods wrapped)."""
+    """Counts device-to-host copies by call site, by wrapping every read path of an array class
+    (default: cupy.ndarray) that copies to the host: get, tolist, item, the scalar conversions,
+    __array__, and the text and pickle forms. Only the methods the class really has are wrapped
+    (CuPy 13.6-14.2 define no ndarray.__index__, for one), so the counter works on every CuPy
+    and, given a stand-in class, without CuPy (tests/test_gpu_check_script.py tests it so).
+    A read path that calls another (tolist calling get, say) counts once, at its outermost call."""
 
-    METHODS = ("get", "item", "tolist", "__float__", "__int__", "__bool__", "__index__", "__array__")
+    METHODS = ("get", "item", "tolist", "__float__", "__int__", "__index__", "__bool__", "__complex__",
+               "__array__", "__repr__", "__str__", "__format__", "__reduce__")
 
-    def __init__(self, monkeypatch):
+    def __init__(self, monkeypatch, cls=None):
         import traceback
 
+        if cls is None:
+            import cupy
+
+            cls = cupy.ndarray
         self.sites, self.depth = [], threading.local()
-        for name in self.METHODS:
-            original = getattr(cp.ndarray, name)
+        # only what the class (or a base other than object) defines: object's own __repr__,
+        # __format__, __reduce__ and the like read no device memory
+        self.wrapped = tuple(name for name in self.METHODS
+                             if getattr(cls, name, None) is not None
+                             and getattr(cls, name) is not getattr(object, name, None))
+        for name in self.wrapped:
+            original = getattr(cls, name)
 
             def wrapped(a, *args, _original=original, **kwargs):
                 depth = getattr(self.depth, "n", 0)
@@ -152,7 +167,7 @@ class _CopyCounter:
                 finally:
                     self.depth.n = depth
 
-            monkeypatch.setattr(cp.ndarray, name, wrapped)
+            monkeypatch.setattr(cls, name, wrapped)
 
 
 def _trainer(tmp_path, **overrides):

@@ -1,9 +1,12 @@
 """The GPU kernels' CUDA C compiles, without a GPU: every .cu file in kernels/gpu/ compiles with
 nvcc for sm_90 (Hopper) with warnings as errors, every template instantiation the Python side
 launches included (kernels.gpu.DECLARED), and, where libnvrtc is installed, with NVRTC, the
-compiler CuPy uses at run time. So a syntax or type error in a kernel fails here (and in CI,
-which has nvcc), not first on a GPU machine. Also: the declarations and the sources agree, and
-importing minivit and kernels never imports CuPy.
+compiler CuPy uses at run time, with the options CuPy really passes (kernels.gpu.runtime
+.nvrtc_options(): ours, then CuPy's -ftz=true and --device-as-default-execution-space, then
+-arch=sm_90, a cubin, as CuPy builds for an H100; the PTX also shows float32 flushed to zero). So a
+syntax or type error in a kernel fails here (and in CI, which has nvcc), not first on a GPU
+machine. Also: the declarations and the sources agree, and importing minivit and kernels never
+imports CuPy.
 
 Without nvcc (or libnvrtc) those tests skip with the reason. MINIVIT_NVRTC=/path/to/libnvrtc.so
 points the NVRTC test at a library outside the usual places.
@@ -88,31 +91,62 @@ def _find_nvrtc():
 NVRTC = _find_nvrtc()
 
 
-def _nvrtc_compile(lib, name):
-    """(result code, log) of NVRTC on kernels/gpu/<name> with its declared name expressions."""
+def _nvrtc_compile(lib, name, arch="sm_90"):
+    """(result code, log, PTX or None) of NVRTC on kernels/gpu/<name> with its declared name
+    expressions and the options CuPy passes for a card of `arch` (PTX only for a compute_ arch)."""
     prog = ctypes.c_void_p()
     source = (GPU_DIR / name).read_bytes()
     assert lib.nvrtcCreateProgram(ctypes.byref(prog), source, name.encode(), 0, None, None) == 0
     try:
         for expr in gpu.DECLARED[name]:
             assert lib.nvrtcAddNameExpression(prog, expr.encode()) == 0
-        options = [o.encode() for o in (*gpu.runtime.OPTIONS, "--gpu-architecture=compute_90")]
+        options = [o.encode() for o in gpu.runtime.nvrtc_options(arch)]
         code = lib.nvrtcCompileProgram(prog, len(options), (ctypes.c_char_p * len(options))(*options))
         size = ctypes.c_size_t()
         lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
         log = ctypes.create_string_buffer(size.value)
         lib.nvrtcGetProgramLog(prog, log)
-        return code, log.value.decode(errors="replace")
+        ptx = None
+        if code == 0 and arch.startswith("compute_"):
+            lib.nvrtcGetPTXSize(prog, ctypes.byref(size))
+            buf = ctypes.create_string_buffer(size.value)
+            assert lib.nvrtcGetPTX(prog, buf) == 0
+            ptx = buf.value.decode()
+        return code, log.value.decode(errors="replace"), ptx
     finally:
         lib.nvrtcDestroyProgram(ctypes.byref(prog))
+
+
+def test_the_nvrtc_options_are_ours_then_what_cupy_appends():
+    """CuPy appends -ftz=true after the caller's options on every compile (cupy/cuda/compiler.py),
+    so the compile test must pass it too, and our options must not ask for fast math."""
+    options = gpu.runtime.nvrtc_options("sm_90")
+    assert options[:len(gpu.runtime.OPTIONS)] == gpu.runtime.OPTIONS
+    assert options[len(gpu.runtime.OPTIONS):] == ("-ftz=true", "--device-as-default-execution-space", "-arch=sm_90")
+    assert not any("fast" in o or "prec-" in o or "fmad" in o or "ftz" in o for o in gpu.runtime.OPTIONS)
 
 
 @pytest.mark.skipif(NVRTC is None, reason="libnvrtc not found (set MINIVIT_NVRTC=/path/to/libnvrtc.so)")
 @pytest.mark.parametrize("name", CU_FILES)
 def test_every_cu_file_compiles_with_nvrtc_as_cupy_compiles_it(name):
-    code, log = _nvrtc_compile(NVRTC, name)
+    code, log, _ = _nvrtc_compile(NVRTC, name)
     assert code == 0, f"NVRTC failed on {name}:\n{log[-4000:]}"
     assert "warning" not in log.lower(), f"NVRTC warned on {name}:\n{log[-4000:]}"
+
+
+@pytest.mark.skipif(NVRTC is None, reason="libnvrtc not found (set MINIVIT_NVRTC=/path/to/libnvrtc.so)")
+def test_compiled_as_cupy_compiles_float32_flushes_subnormals_and_float64_does_not():
+    """What kernels/gpu/runtime.py says of the arithmetic, read off the PTX of normact.cu (CuPy's
+    PTX route, -arch=compute_90): float32 arithmetic carries .ftz (subnormals flushed), float64
+    does not, and division and sqrt round to nearest (.rn: no fast math) in both."""
+    code, log, ptx = _nvrtc_compile(NVRTC, "normact.cu", arch="compute_90")
+    assert code == 0, log[-4000:]
+    op = r"\b(?:add|sub|mul|fma|div|sqrt)(?:\.[a-z]+)*\.f{}\b"
+    f32, f64 = re.findall(op.format(32), ptx), re.findall(op.format(64), ptx)
+    assert f32 and f64
+    assert all(".ftz" in o for o in f32), sorted(set(o for o in f32 if ".ftz" not in o))
+    assert not any(".ftz" in o for o in f64), sorted(set(f64))
+    assert all(".rn" in o for o in f32 + f64 if o.startswith(("div", "sqrt"))), sorted(set(f32 + f64))
 
 
 def test_importing_minivit_and_listing_every_kernel_never_imports_cupy():

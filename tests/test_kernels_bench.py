@@ -1,5 +1,5 @@
 """The check-and-benchmark harness (kernels/bench.py): it catches wrong kernels before timing
-them, and prints one row per implementation."""
+them, prints one row per implementation, and exits non-zero when any version is wrong."""
 import numpy as np
 import pytest
 
@@ -50,7 +50,7 @@ def timed(monkeypatch):
 
 def test_wrong_forward_is_flagged_wrong_and_never_timed(broken, timed, capsys):
     broken("layernorm", "broken_fwd", layernorm_off_by_one_percent, normact.layernorm_backward)
-    assert bench.main(["layernorm", "--impls", "broken_fwd,reference", *TINY]) == 0
+    assert bench.main(["layernorm", "--impls", "broken_fwd,reference", *TINY]) == 1  # a wrong row fails the command
     out = capsys.readouterr().out
     assert "broken_fwd: WRONG" in out
     assert "out: " in out and "mismatch" in out and "reference" in out  # first mismatches and both values
@@ -199,3 +199,73 @@ def test_a_kernel_that_changes_its_inputs_is_reported_wrong(broken):
     inputs = bench.SPECS["layernorm"].make(dict(B=1, N=2, D=3), np.dtype("float64"), np.random.default_rng(0))
     result = bench.check("layernorm", "scribbles", inputs)
     assert not result.ok and "changed its inputs in place" in result.lines[0]
+
+
+# ---------------------------------------------------------------- a wrong version fails the command
+def test_the_command_exits_1_and_names_every_wrong_version_last(broken, restore_kernel_choices, capsys, tmp_path):
+    broken("layernorm", "broken_fwd", layernorm_off_by_one_percent, normact.layernorm_backward)
+    broken("layernorm", "broken_bwd", normact.layernorm_forward, layernorm_wrong_dw)
+    path = tmp_path / "bench.json"
+    assert bench.main(["layernorm", "--impls", "broken_fwd,broken_bwd,reference", *TINY, "--json", str(path)]) == 1
+    out = capsys.readouterr().out
+    tail = out[out.index("FAILED: 2 implementation(s) WRONG"):].splitlines()
+    assert len(tail) == 3  # the report is the last thing printed, one line per wrong version
+    fwd, bwd = (next(line for line in tail[1:] if line.startswith(f"  {name} in "))
+                for name in ("broken_fwd", "broken_bwd"))
+    assert fwd.startswith("  broken_fwd in layernorm [cifar*] B=2 N=5 D=8 float32: out: ") and "mismatch" in fwd
+    assert "grad[1]: " in bwd and "mismatch" in bwd
+    import json
+
+    assert len(json.loads(path.read_text())["wrong"]) == 2  # the JSON (gpu_check's summary) says so too
+    assert bench.main(["layernorm", "--impls", "reference", *TINY]) == 0  # and all-correct still exits 0
+    assert "FAILED" not in capsys.readouterr().out
+
+
+def test_a_wrong_gpu_version_fails_the_cuda_command(restore_kernel_choices, monkeypatch, capsys):
+    """The --device cuda path without a GPU: the device start, the host-device wrapper and the CUDA
+    event timer replaced by their CPU counterparts; the check and the exit code are the real ones."""
+    from kernels.gpu import timing
+
+    # a copy of the table to register in, the original back after the test
+    monkeypatch.setattr(registry, "_TABLE", {op: dict(impls) for op, impls in registry._TABLE.items()})
+    for name, forward in (("fine_gpu", normact.layernorm_forward), ("wrong_gpu", layernorm_off_by_one_percent)):
+        registry.register("layernorm", name, forward, normact.layernorm_backward, device="gpu", description="test")
+    peaks = {"device": "stand-in", "sgemm_gflops": 1e4, "tf32_gflops": 1e4, "copy_gbs": 1e3}
+    monkeypatch.setattr(bench, "_start_device", lambda device, out=print: peaks)
+    monkeypatch.setattr(timing, "on_device", lambda impl: impl)
+    monkeypatch.setattr(timing, "time_impls",
+                        lambda op, impls, inputs, **kw: bench.time_impls(op, impls, inputs, repeat=1))
+    assert bench.main(["layernorm", "--device", "cuda", "--impls", "fine_gpu", *TINY]) == 0
+    assert bench.main(["layernorm", "--device", "cuda", "--impls", "fine_gpu,wrong_gpu", *TINY]) == 1
+    out = capsys.readouterr().out
+    assert "wrong_gpu: WRONG" in out and "  wrong_gpu in layernorm" in out.splitlines()[-1]
+
+
+def test_python_m_kernels_bench_exits_non_zero_on_a_wrong_version():
+    """The real command line (runpy, as `python -m` runs it) in a fresh process, with a wrong
+    version registered first."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import runpy, sys\n"
+            "from kernels import registry\n"
+            "from kernels.reference import normact\n"
+            "def wrong(x, w, b, eps=1e-6):\n"
+            "    y, cache = normact.layernorm_forward(x, w, b, eps)\n"
+            "    return y * 1.01, cache\n"
+            "registry.register('layernorm', 'wrong_one', wrong, normact.layernorm_backward)\n"
+            "sys.argv = ['kernels.bench', 'layernorm', '--impls', sys.argv[1], '--sizes', 'B=2,N=3,D=4',\n"
+            "            '--repeat', '1']\n"
+            "runpy.run_module('kernels.bench', run_name='__main__')\n")
+    root = Path(__file__).resolve().parents[1]
+
+    def run(impls):
+        return subprocess.run([sys.executable, "-c", code, impls], capture_output=True, text=True, cwd=root,
+                              timeout=300)
+
+    bad = run("wrong_one,reference")
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "FAILED: 1 implementation(s) WRONG" in bad.stdout and "wrong_one in layernorm" in bad.stdout
+    good = run("reference")
+    assert good.returncode == 0, good.stdout + good.stderr

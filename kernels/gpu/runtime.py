@@ -13,6 +13,24 @@ cupy.RawModule, with every instantiation its Python module declares (kernels.gpu
 list the compile test checks too): one compile per file and process (attention.cu, the largest,
 about 15 s), and CuPy caches the binary on disk (~/.cupy/kernel_cache), so later processes on the
 same machine load it in milliseconds.
+
+The arithmetic is not bit-for-bit IEEE, and the tests do not expect it to be: every output is
+compared with the float64 NumPy reference within a tolerance (kernels/bench.py TOLERANCE). What
+NVRTC is asked for (`nvrtc_options()`, the exact list tests/test_gpu_sources.py compiles with):
+- our OPTIONS: C++17 only. No --use_fast_math, so -prec-div and -prec-sqrt keep NVRTC's default
+  (true): float division and sqrt are IEEE round-to-nearest.
+- CUPY_ADDED_OPTIONS: CuPy appends -ftz=true to every compile, after anything in OPTIONS
+  (cupy/cuda/compiler.py, _compile_with_cache_cuda; read in CuPy 13's source, and older ones do
+  the same). So float32 subnormals (|x| < 1.18e-38) are flushed to zero, as inputs and as
+  results, where the NumPy reference keeps them: absolute differences below 1.2e-38, far under
+  any tolerance, but a float32 result that is exactly 0 on the GPU can be a tiny non-zero on the
+  CPU. float64 is not flushed. With NVRTC 12 or later CuPy also passes --device-as-default-execution-space, and then
+  the target: -arch=sm_XX (a cubin) on a card NVRTC knows, -arch=compute_XX (PTX for the driver to
+  finish) with CUPY_COMPILE_WITH_PTX=1 or a card newer than NVRTC. It also adds include paths
+  (CCCL's, its own headers, CUDA's include), which these self-contained files do not use.
+- NVRTC's defaults otherwise: -fmad=true, so a*b + c may be one fused multiply-add (one rounding,
+  not two); expf, erff, tanhf and the rest are CUDA's math library, within the few-ulp bounds the
+  CUDA C++ Programming Guide lists, not correctly rounded.
 """
 from __future__ import annotations
 
@@ -24,9 +42,20 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 INSTALL_HINT = ("install the [gpu] extra: pip install -e '.[gpu]' (cupy-cuda13x, CuPy built for CUDA 13; "
                 "with an older CUDA 12 driver, pip install cupy-cuda12x instead)")
-# NVRTC options for every .cu file: C++17 for `if constexpr`; no fast-math, so that expf, erff and
-# division are the IEEE-rounded ones the float64 reference is compared against.
+# Our NVRTC options for every .cu file (cupy.RawModule(options=OPTIONS)): C++17 for `if constexpr`.
+# No --use_fast_math: division and sqrt stay IEEE round-to-nearest (see the module docstring).
 OPTIONS = ("-std=c++17",)
+# What CuPy adds after OPTIONS on every compile (cupy/cuda/compiler.py): -ftz=true (float32
+# subnormals flushed to zero, unconditionally), and with NVRTC 12 or later
+# --device-as-default-execution-space; then the target, see nvrtc_options().
+CUPY_ADDED_OPTIONS = ("-ftz=true", "--device-as-default-execution-space")
+
+
+def nvrtc_options(arch: str = "sm_90") -> tuple[str, ...]:
+    """The options NVRTC gets for a .cu file here when CuPy compiles it for a card of `arch`
+    ("sm_90": an H100, compiled to a cubin as CuPy does; "compute_90": PTX, as with
+    CUPY_COMPILE_WITH_PTX=1), less CuPy's include paths, which these files do not use."""
+    return (*OPTIONS, *CUPY_ADDED_OPTIONS, f"-arch={arch}")
 
 
 class DeviceUnavailable(RuntimeError):
