@@ -25,6 +25,16 @@ gpu_v3  flash-style tiles (Dao et al. 2022; FlashAttention-2's backward, Dao 202
         atomics. Memory linear in N; plain FP32 FMA (no tensor cores), float32-exact. Head width
         up to 128 (rounded up to 16 inside, in float64 up to 64 for the backward's shared memory).
 
+Launches (v2, v3): the kernels read blockIdx.y as the head, and grid y stops at 65,535, so the
+heads go in chunks of at most 65,535, one launch each on views that start at the chunk's first
+head (head_launches; B * Hh = 98,304 at inference with 8192 images x 12 heads is two). Entry:
+q, k, v and the gradient must share one float dtype and shape; strided ones (unbind's views) are
+copied to C order first, since a kernel walks a bare pointer. v3's shared memory per block
+(v3_shared_bytes) must fit the card's opt-in limit: its 64-row tiles are fixed in attention.cu, so
+the float64 backward needs 200,704 B at hd 64 (an H100's 227 KiB, not an A100's 163 KiB) and the
+float32 backward at hd 80 or more exceeds an L4's or RTX 4090's 99 KiB; there v3 refuses and names
+gpu_v2.
+
 Cache conventions as on the CPU: v1 keeps (q, k, v, P, scale); v2 and v3 keep
 (q, k, v, out, lse, scale), never an N x N array.
 
@@ -59,12 +69,40 @@ def _check(q, k, v):
     return q.shape[0] * q.shape[1], q.shape[2], q.shape[3]  # heads, N, hd
 
 
+def _operands(op, q, k, v, grad=None):
+    """The raw kernels' entry check: q, k, v (and grad) of one float dtype and one (B, Hh, N, hd)
+    shape, returned C-contiguous (the kernels walk bare pointers as dense heads; a strided view,
+    such as one of unbind's q, k, v, is copied here, explicitly, rather than read as its base)."""
+    _check(q, k, v)
+    runtime.check_operands(op, {"q": q, "k": k, "v": v, "grad": grad}, shapes={"grad": q.shape})
+    return runtime.contiguous(q, k, v, grad)
+
+
+def head_launches(BH, N, rows_per_block):
+    """[(grid, h0, h1), ...]: the launches of a kernel whose blockIdx.y is the head (grid y is at
+    most 65,535, and B * Hh can exceed it: 8192 images x 12 heads at inference), each over heads
+    h0 .. h1 - 1 with grid (ceil(N / rows_per_block), h1 - h0). The heads cover range(BH) once."""
+    return [(runtime.check_grid((-(-N // rows_per_block), h1 - h0)), h0, h1) for h0, h1 in runtime.chunks(BH)]
+
+
+def _launch_heads(kernel, rows_per_block, threads, arrays, scalars, shared):
+    """kernel over every head, one launch per head_launches chunk, each given the views of its
+    heads: arrays are C-contiguous (B, Hh, ...), so heads h0 .. h1 - 1 are one dense block that
+    starts at head h0, and the kernel's blockIdx.y counts heads from there."""
+    B, Hh, N = arrays[0].shape[:3]
+    heads = [a.reshape((B * Hh,) + a.shape[2:]) for a in arrays]
+    for grid, h0, h1 in head_launches(B * Hh, N, rows_per_block):
+        kernel(grid, (threads,), tuple(a[h0:h1] for a in heads) + scalars, shared_mem=shared)
+
+
 def _fn(name, dtype, shared=0):
     return runtime.function("attention.cu", f"{name}<{ctype(dtype)}>", shared)
 
 
 def rowdot(a, b):
     """(..., hd) x (..., hd) -> (...): the row dot products D_i = dO_i . O_i."""
+    runtime.check_operands("attention rowdot", {"a": a, "b": b}, shapes={"b": a.shape})
+    a, b = runtime.contiguous(a, b)
     out = xp_of(a).empty(a.shape[:-1], a.dtype)
     rows = out.size
     if rows:
@@ -101,31 +139,31 @@ def _v2_shared(per_warp, dtype):
 
 def v2_forward(q, k, v, scale):
     xp = xp_of(q)
+    q, k, v, _ = _operands("attention gpu_v2 forward", q, k, v)
     BH, N, hd = _check(q, k, v)
     out = xp.empty_like(q)
     lse = xp.empty(q.shape[:3], q.dtype)  # (B, Hh, N)
     if q.size:
         shared = _v2_shared(hd + N, q.dtype)
-        _fn("attn_fwd_v2", q.dtype, shared)((-(-N // 4), BH), (128,),
-                                            (q, k, v, out, lse, np.int32(N), np.int32(hd),
-                                             runtime.scalar(q.dtype, scale)), shared_mem=shared)
+        _launch_heads(_fn("attn_fwd_v2", q.dtype, shared), 4, 128, (q, k, v, out, lse),
+                      (np.int32(N), np.int32(hd), runtime.scalar(q.dtype, scale)), shared)
     return out, (q, k, v, out, lse, scale)
 
 
 def v2_backward(grad, cache):
     q, k, v, out, lse, scale = cache
     xp = xp_of(q)
+    q, k, v, grad = _operands("attention gpu_v2 backward", q, k, v, grad)
     BH, N, hd = _check(q, k, v)
     dq, dk, dv = xp.empty_like(q), xp.empty_like(k), xp.empty_like(v)
     if q.size:
         D = rowdot(grad, out)  # (B, Hh, N)
         common = (np.int32(N), np.int32(hd), runtime.scalar(q.dtype, scale))
         shared = _v2_shared(2 * hd + N, q.dtype)
-        _fn("attn_bwd_dq_v2", q.dtype, shared)((-(-N // 4), BH), (128,), (q, k, v, grad, lse, D, dq) + common,
-                                               shared_mem=shared)
+        _launch_heads(_fn("attn_bwd_dq_v2", q.dtype, shared), 4, 128, (q, k, v, grad, lse, D, dq), common, shared)
         shared = _v2_shared(2 * hd + 2 * N, q.dtype)
-        _fn("attn_bwd_dkdv_v2", q.dtype, shared)((-(-N // 4), BH), (128,), (q, k, v, grad, lse, D, dk, dv) + common,
-                                                 shared_mem=shared)
+        _launch_heads(_fn("attn_bwd_dkdv_v2", q.dtype, shared), 4, 128, (q, k, v, grad, lse, D, dk, dv), common,
+                      shared)
     return dq, dk, dv
 
 
@@ -139,41 +177,69 @@ def _width(hd):
     return w
 
 
-def _v3(name, dtype, hd, tiles):
-    """The kernel for this width, with `tiles` shared (64, HD + 1) tiles plus whatever its name adds."""
+V3_TILES = {"flash_fwd_v3": 3, "flash_bwd_dkdv_v3": 4, "flash_bwd_dq_v3": 4}  # (64, HD + 1) tiles of each
+
+
+def v3_shared_bytes(name, dtype, hd):
+    """Dynamic shared memory of a v3 kernel at head width hd, as attention.cu lays it out: its
+    (64, HD + 1) tiles (q, k, v; the backward's also dO), plus the forward's P (64 x 65), the
+    dk/dv kernel's P^T and dS^T (64 x 65 each) and lse and D of the query tile (64 each), the dq
+    kernel's dS (64 x 65). float64 at hd 64: the dk/dv kernel needs 200,704 B."""
     W = _width(hd)
-    item = np.dtype(dtype).itemsize
     extra = {"flash_fwd_v3": FB * (FB + 1), "flash_bwd_dkdv_v3": 2 * FB * (FB + 1) + 2 * FB,
              "flash_bwd_dq_v3": FB * (FB + 1)}[name]
-    shared = (tiles * FB * (W + 1) + extra) * item
+    return (V3_TILES[name] * FB * (W + 1) + extra) * np.dtype(dtype).itemsize
+
+
+def v3_fits(limit, dtype, hd, backward=True):
+    """Whether v3's kernels (forward, and the backward's with backward=True) fit in `limit` bytes
+    of shared memory per block (a card's opt-in maximum: 227 KiB on an H100, 163 KiB on an A100,
+    99 KiB on an L4 or RTX 4090). The tiles are 64 rows, fixed in attention.cu."""
+    names = ("flash_fwd_v3", "flash_bwd_dkdv_v3", "flash_bwd_dq_v3") if backward else ("flash_fwd_v3",)
+    return all(v3_shared_bytes(n, dtype, hd) <= limit for n in names)
+
+
+def _v3(name, dtype, hd):
+    """The kernel for this width and its shared memory; a clear refusal, naming the versions that
+    do run, where this card allows less shared memory per block than the kernel needs."""
+    W = _width(hd)
+    shared = v3_shared_bytes(name, dtype, hd)
+    if shared > 48 * 1024:
+        limit = runtime.max_shared_bytes()
+        if shared > limit:
+            raise ValueError(f"attention gpu_v3 ({name}) needs {shared} bytes of shared memory per block for "
+                             f"{np.dtype(dtype)} at hd={hd}, this GPU allows {limit}: its 64-row tiles do not fit; "
+                             "choose gpu_v2 or gpu_v1 here (kernels.use(attention='gpu_v2'))"
+                             + (", or float32" if np.dtype(dtype) == np.float64 else ""))
     return runtime.function("attention.cu", f"{name}<{ctype(dtype)}, {W}>", shared), shared
 
 
 def v3_forward(q, k, v, scale):
     xp = xp_of(q)
+    q, k, v, _ = _operands("attention gpu_v3 forward", q, k, v)
     BH, N, hd = _check(q, k, v)
     out = xp.empty_like(q)
     lse = xp.empty(q.shape[:3], q.dtype)
     if q.size:
-        kernel, shared = _v3("flash_fwd_v3", q.dtype, hd, 3)
-        kernel((-(-N // FB), BH), (256,), (q, k, v, out, lse, np.int32(N), np.int32(hd),
-                                           runtime.scalar(q.dtype, scale)), shared_mem=shared)
+        kernel, shared = _v3("flash_fwd_v3", q.dtype, hd)
+        _launch_heads(kernel, FB, 256, (q, k, v, out, lse),
+                      (np.int32(N), np.int32(hd), runtime.scalar(q.dtype, scale)), shared)
     return out, (q, k, v, out, lse, scale)
 
 
 def v3_backward(grad, cache):
     q, k, v, out, lse, scale = cache
     xp = xp_of(q)
+    q, k, v, grad = _operands("attention gpu_v3 backward", q, k, v, grad)
     BH, N, hd = _check(q, k, v)
     dq, dk, dv = xp.empty_like(q), xp.empty_like(k), xp.empty_like(v)
     if q.size:
         D = rowdot(grad, out)
         common = (np.int32(N), np.int32(hd), runtime.scalar(q.dtype, scale))
-        grid = (-(-N // FB), BH)
-        kernel, shared = _v3("flash_bwd_dkdv_v3", q.dtype, hd, 4)
-        kernel(grid, (256,), (q, k, v, grad, lse, D, dk, dv) + common, shared_mem=shared)
-        kernel, shared = _v3("flash_bwd_dq_v3", q.dtype, hd, 4)
-        kernel(grid, (256,), (q, k, v, grad, lse, D, dq) + common, shared_mem=shared)
+        kernel, shared = _v3("flash_bwd_dkdv_v3", q.dtype, hd)
+        _launch_heads(kernel, FB, 256, (q, k, v, grad, lse, D, dk, dv), common, shared)
+        kernel, shared = _v3("flash_bwd_dq_v3", q.dtype, hd)
+        _launch_heads(kernel, FB, 256, (q, k, v, grad, lse, D, dq), common, shared)
     return dq, dk, dv
 
 

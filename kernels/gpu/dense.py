@@ -21,6 +21,11 @@ Versions (llm.c's dev/cuda sequence, against cuBLAS):
                 bias with one CuPy elementwise kernel and sums its gradient with a CuPy reduction;
                 patch_embed patchifies by one reshape/transpose copy, then one cuBLAS product.
 
+Launches (matmul_launches): columns over grid x, row tiles over grid y, the batch over grid z in
+a grid-stride loop (capped at 65,535). Grid y stops at 65,535 too, and the kernels read it
+directly, so where M needs more row tiles (linear on over 524,280 rows for v1, 8.4 million for
+v3) each matrix runs as slabs of rows, one launch each on views that start at the slab.
+
 Measured: numbers owed (no GPU in the session that wrote this). To be filled in from
 `python -m kernels.bench matmul linear patch_embed --device cuda` on a named GPU (see
 benchmarks/results/README.md), with the card's measured sgemm peak beside them.
@@ -73,8 +78,8 @@ def kernel_product(name, a, b, bias=None):
     N = b.shape[-1]
     if b.shape[-2] != K:
         raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not fit ({K} != {b.shape[-2]})")
-    if a.dtype != b.dtype:
-        raise TypeError(f"matmul: operands of one dtype please, got {a.dtype} and {b.dtype}")
+    runtime.check_operands(f"matmul ({name})", {"a": a, "b": b, "bias": bias}, shapes={"bias": (N,)})
+    bias = runtime.contiguous(bias)  # a and b are read through their strides (below); the bias is not
     batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     L = math.prod(batch)
     out = xp.empty(tuple(batch) + (M, N), dtype=a.dtype)
@@ -87,14 +92,35 @@ def kernel_product(name, a, b, bias=None):
     b, sbb = _batch_stride(b, batch)
     item = a.itemsize
     block, tn, tm = _BLOCKS[name]
-    grid = (-(-N // tn), -(-M // tm), min(L, 65535))
     kernel = runtime.function("matmul.cu", f"{name}<{ctype(a.dtype)}>")
     i64 = np.int64
-    kernel(grid, block, (a, b, out, out if bias is None else bias, np.int32(bias is not None), np.int32(L),
-                         np.int32(M), np.int32(N), np.int32(K),
-                         i64(sab), i64(a.strides[-2] // item), i64(a.strides[-1] // item),
-                         i64(sbb), i64(b.strides[-2] // item), i64(b.strides[-1] // item)))
+    strides = (i64(a.strides[-2] // item), i64(a.strides[-1] // item), i64(b.strides[-2] // item),
+               i64(b.strides[-1] // item))
+    for grid, l, m0, m1 in matmul_launches(L, M, N, tm, tn):
+        if l is None:  # the whole product in one launch: batch over grid z (a grid-stride loop)
+            args = (a, b, out, L, M, sab, sbb)
+        else:  # rows m0 .. m1 - 1 of matrix l: views that start there, a batch of one
+            idx = np.unravel_index(l, batch) if batch else ()
+            args = (a[idx][m0:m1], b[idx], out[idx][m0:m1], 1, m1 - m0, 0, 0)
+        pa, pb, pc, nl, nm, sa, sb = args
+        kernel(grid, block, (pa, pb, pc, pc if bias is None else bias, np.int32(bias is not None), np.int32(nl),
+                             np.int32(nm), np.int32(N), np.int32(K), i64(sa), strides[0], strides[1],
+                             i64(sb), strides[2], strides[3]))
     return out
+
+
+def matmul_launches(L, M, N, tile_m, tile_n):
+    """[(grid, l, m0, m1), ...]: the launches of a matmul.cu kernel for L products (M, K) @ (K, N)
+    with tile_m x tile_n output tiles per block: columns over grid x, row tiles over grid y (read
+    directly by the kernels, at most 65,535), the batch over grid z (a grid-stride loop, so capped).
+    Normally one launch (l None: every product, rows 0 .. M). Where M needs more than 65,535 row
+    tiles (linear on more than 65,535 x 128 rows for v3, x 8 for v1), one launch per product l
+    and slab of rows m0 .. m1 - 1, each within the limits; they cover every (l, row) once."""
+    row_tiles = -(-M // tile_m)
+    if row_tiles <= runtime.MAX_GRID_YZ:
+        return [(runtime.check_grid((-(-N // tile_n), row_tiles, min(L, runtime.MAX_GRID_YZ))), None, 0, M)]
+    return [(runtime.check_grid((-(-N // tile_n), -(-(m1 - m0) // tile_m), 1)), l, m0, m1)
+            for l in range(L) for m0, m1 in runtime.chunks(M, runtime.MAX_GRID_YZ * tile_m)]
 
 
 def cublas_product(a, b):

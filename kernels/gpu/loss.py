@@ -48,6 +48,11 @@ def sce_v1_backward(grad, cache):
 def sce_v2_forward(logits, labels, label_smoothing=0.0):
     xp = xp_of(logits)
     B, K = logits.shape
+    runtime.check_operands("softmax_cross_entropy gpu_v2", {"logits": logits})
+    if tuple(labels.shape) != (B,):
+        raise ValueError(f"softmax_cross_entropy gpu_v2: labels has shape {tuple(labels.shape)}, expected ({B},) "
+                         "for logits of shape ({B}, {K})")
+    logits = runtime.contiguous(logits)
     labels = xp.ascontiguousarray(labels, dtype=np.int64)
     loss_rows = xp.empty((B,), logits.dtype)
     dlogits = xp.empty_like(logits)

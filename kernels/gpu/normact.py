@@ -105,6 +105,8 @@ def softmax_v1_backward(grad, cache):
 def layernorm_v2_forward(x, w, b, eps=1e-6):
     xp = xp_of(x)
     D = x.shape[-1]
+    runtime.check_operands("layernorm gpu_v2 forward", {"x": x, "w": w, "b": b}, shapes={"w": (D,), "b": (D,)})
+    x, w, b = runtime.contiguous(x, w, b)
     M = x.size // D if D else 0
     y = xp.empty_like(x)
     mean = xp.empty(x.shape[:-1], x.dtype)
@@ -119,6 +121,8 @@ def layernorm_v2_backward(grad, cache):
     x, w, mean, rstd = cache
     xp = xp_of(x)
     D = x.shape[-1]
+    runtime.check_operands("layernorm gpu_v2 backward", {"x": x, "grad": grad}, shapes={"grad": x.shape})
+    grad = runtime.contiguous(grad)
     M = x.size // D if D else 0
     dx = xp.empty_like(x)
     if not (M and D):
@@ -135,6 +139,8 @@ def layernorm_v2_backward(grad, cache):
 
 
 def gelu_v2_forward(x):
+    runtime.check_operands("gelu gpu_v2 forward", {"x": x})
+    x = runtime.contiguous(x)
     y = xp_of(x).empty_like(x)
     if x.size:
         _fn("gelu_fwd_v2", x)((runtime.blocks_for(x.size, 256, cap=8192),), (256,), (x, y, np.int64(x.size)))
@@ -143,6 +149,8 @@ def gelu_v2_forward(x):
 
 def gelu_v2_backward(grad, cache):
     (x,) = cache
+    runtime.check_operands("gelu gpu_v2 backward", {"x": x, "grad": grad}, shapes={"grad": x.shape})
+    grad = runtime.contiguous(grad)
     dx = xp_of(x).empty_like(x)
     if x.size:
         _fn("gelu_bwd_v2", x)((runtime.blocks_for(x.size, 256, cap=8192),), (256,), (x, grad, dx, np.int64(x.size)))
@@ -151,6 +159,8 @@ def gelu_v2_backward(grad, cache):
 
 def softmax_rows(x, scale=1.0):
     """softmax(scale * x) over the last axis, one warp per row."""
+    runtime.check_operands("softmax gpu_v2 forward", {"x": x})
+    x = runtime.contiguous(x)
     y = xp_of(x).empty_like(x)
     n = x.shape[-1] if x.ndim else 1
     rows = x.size // n if n else 0
@@ -161,7 +171,11 @@ def softmax_rows(x, scale=1.0):
 
 
 def softmax_rows_backward(y, grad, scale=1.0, out=None):
-    """scale * y * (grad - rowsum(grad * y)); out may be grad itself (in place)."""
+    """scale * y * (grad - rowsum(grad * y)); out may be grad itself (in place), then C-contiguous."""
+    runtime.check_operands("softmax gpu_v2 backward", {"y": y, "grad": grad, "out": out},
+                           shapes={"grad": y.shape, "out": y.shape}, written=("out",))
+    y = runtime.contiguous(y)
+    grad = runtime.contiguous(grad)  # the same array when out is grad: contiguous, checked above
     out = xp_of(y).empty_like(y) if out is None else out
     n = y.shape[-1] if y.ndim else 1
     rows = y.size // n if n else 0

@@ -63,6 +63,9 @@ def adamw_v1(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
 
 
 def adamw_v2(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
+    runtime.check_operands("adamw_update gpu_v2", {"p": p, "g": g, "m": m, "v": v},
+                           shapes={"g": p.shape, "m": p.shape, "v": p.shape}, written=("p", "m", "v"))
+    g = runtime.contiguous(g)
     if p.size:
         s = lambda x: runtime.scalar(p.dtype, x)  # noqa: E731
         _fn("adamw_v2", p.dtype)((runtime.blocks_for(p.size, 256, cap=8192),), (256,),
@@ -94,14 +97,29 @@ def _check_lists(*lists):
                 raise ValueError("adamw foreach: every array must be C-contiguous")
 
 
+def check_foreach(ps, gs, ms, vs):
+    """The multi-tensor entry check (pure: NumPy arrays stand in for CuPy ones in the tests): lists
+    of one length, one float dtype, and p, g, m, v of one shape per array (the kernel walks
+    p.size elements of each: a smaller g, m or v would be overrun). Layout: _check_lists."""
+    lengths = [len(x) for x in (ps, gs, ms, vs)]
+    if len(set(lengths)) != 1:
+        raise ValueError(f"adamw foreach: lists p, g, m, v of different lengths {lengths}")
+    dtypes = {a.dtype for column in (ps, gs, ms, vs) for a in column}
+    if len(dtypes) != 1 or next(iter(dtypes)) not in runtime.FLOAT_DTYPES:
+        raise TypeError(f"adamw foreach: arrays of one float dtype (float32 or float64) per call, got "
+                        f"{sorted(str(d) for d in dtypes)}")
+    for i, p in enumerate(ps):
+        if not gs[i].shape == ms[i].shape == vs[i].shape == p.shape:
+            raise ValueError(f"adamw foreach: array {i}: p, g, m, v have shapes {p.shape}, {gs[i].shape}, "
+                             f"{ms[i].shape}, {vs[i].shape}, expected one shape")
+
+
 def adamw_foreach(ps, gs, ms, vs, lr, beta1, beta2, eps, weight_decay, step):
     """AdamW on lists of arrays (one dtype), in one launch; hyper-parameters one value per array."""
     if not ps:
         return
     cp = runtime.cupy()
-    dtypes = {a.dtype for column in (ps, gs, ms, vs) for a in column}
-    if len(dtypes) != 1:
-        raise TypeError(f"adamw foreach: arrays of one dtype per call, got {sorted(str(d) for d in dtypes)}")
+    check_foreach(ps, gs, ms, vs)
     gs = [cp.ascontiguousarray(g) for g in gs]  # read only: a strided gradient may be copied
     _check_lists(ps, gs, ms, vs)  # updated in place: they must be contiguous already
     hyper = np.stack([np.broadcast_to(np.asarray(x, np.float64), (len(ps),))

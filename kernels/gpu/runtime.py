@@ -170,10 +170,15 @@ def function(file: str, name: str, shared_bytes: int = 0):
 
 
 def max_shared_bytes() -> int:
-    """Shared memory one block may opt in to on the current GPU."""
+    """Shared memory one block may opt in to on the current GPU (cudaDevAttrMaxSharedMemoryPerBlockOptin:
+    227 KiB on an H100, 163 KiB on an A100, 99 KiB on an L4 or RTX 4090)."""
+    return _max_shared_bytes(cupy().cuda.runtime.getDevice())
+
+
+@functools.lru_cache(maxsize=None)
+def _max_shared_bytes(device: int) -> int:
     cp = cupy()
-    attr = cp.cuda.runtime.cudaDevAttrMaxSharedMemoryPerBlockOptin
-    return cp.cuda.runtime.deviceGetAttribute(attr, cp.cuda.runtime.getDevice())
+    return cp.cuda.runtime.deviceGetAttribute(cp.cuda.runtime.cudaDevAttrMaxSharedMemoryPerBlockOptin, device)
 
 
 @functools.lru_cache(maxsize=None)
@@ -195,3 +200,70 @@ def blocks_for(n: int, threads: int = 256, cap: int | None = None) -> int:
 def scalar(dtype, value):
     """`value` as the C type a kernel argument of `dtype` expects (CuPy passes NumPy scalars by type)."""
     return np.dtype(dtype).type(value)
+
+
+# ---------------------------------------------------------------- launch arithmetic (pure, CPU-tested)
+MAX_GRID_X = 2**31 - 1  # CUDA's grid limits (every card CuPy supports): x < 2^31, y and z <= 65,535
+MAX_GRID_YZ = 65535
+
+
+def check_grid(grid) -> tuple[int, ...]:
+    """`grid` as a tuple of ints, or ValueError when CUDA would refuse it (each side >= 1,
+    x <= 2^31 - 1, y and z <= 65,535)."""
+    grid = tuple(int(g) for g in grid)
+    limits = (MAX_GRID_X, MAX_GRID_YZ, MAX_GRID_YZ)[:len(grid)]
+    if not 1 <= len(grid) <= 3 or any(not 1 <= g <= lim for g, lim in zip(grid, limits)):
+        raise ValueError(f"grid {grid} is outside CUDA's limits (x <= {MAX_GRID_X}, y and z <= {MAX_GRID_YZ}, "
+                         "each at least 1)")
+    return grid
+
+
+def chunks(n: int, most: int | None = None) -> list[tuple[int, int]]:
+    """[(start, stop), ...] covering range(n) in order, each at most `most` (default MAX_GRID_YZ)
+    long: the pieces of a grid axis the kernel reads directly (blockIdx.y as a head or a row
+    tile), one launch each."""
+    n, most = int(n), int(MAX_GRID_YZ if most is None else most)
+    if most < 1:
+        raise ValueError(f"chunks of at most {most} items")
+    return [(start, min(start + most, n)) for start in range(0, n, most)]
+
+
+# ---------------------------------------------------------------- operand checks (pure, CPU-tested)
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_operands(op: str, arrays: dict, shapes: dict | None = None, written=()) -> np.dtype:
+    """Check the arrays a raw kernel is about to read or write, before it sees raw pointers: one
+    float dtype for all (float32 x with float64 w would read the wrong bits), the shapes given in
+    `shapes` ({name: shape}), and C-contiguous layout for the names in `written` (a kernel that
+    writes in place cannot be handed a copy; a strided view would be written as its base buffer).
+    Arrays that are only read are made contiguous by `contiguous()`. Uses nothing but .dtype,
+    .shape and .flags, so NumPy arrays stand in for CuPy ones in the tests. Returns the dtype;
+    TypeError or ValueError naming the op, what was expected and what was given."""
+    items = [(name, a) for name, a in arrays.items() if a is not None]
+    first_name, first = items[0]
+    dtype = np.dtype(first.dtype)
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: {first_name} must be float32 or float64, got {dtype}")
+    for name, a in items[1:]:
+        if np.dtype(a.dtype) != dtype:
+            raise TypeError(f"{op}: {name} is {np.dtype(a.dtype)}, expected {dtype} (the dtype of {first_name}); "
+                            "the kernel reads every operand as one type, convert first")
+    for name, shape in (shapes or {}).items():
+        a = arrays.get(name)
+        if a is not None and tuple(a.shape) != tuple(shape):
+            raise ValueError(f"{op}: {name} has shape {tuple(a.shape)}, expected {tuple(shape)}")
+    for name in written:
+        a = arrays.get(name)
+        if a is not None and not a.flags.c_contiguous:
+            raise ValueError(f"{op}: {name} is written in place and must be C-contiguous, got strides "
+                             f"{a.strides} for shape {tuple(a.shape)} (make it contiguous before the call)")
+    return dtype
+
+
+def contiguous(*arrays):
+    """Each array C-contiguous (a copy only where it is not): what a raw kernel reads must be,
+    since it gets a bare pointer and walks it as a dense row-major array. None stays None."""
+    out = tuple(None if a is None else (a if a.flags.c_contiguous else xp_of(a).ascontiguousarray(a))
+                for a in arrays)
+    return out if len(out) != 1 else out[0]
