@@ -239,7 +239,8 @@ if GPU:
     batches = [b for b, _ in zip(trainer.train_loader.epoch(0), range(4))]
     assert all(device.device_of(y) == "gpu" for _, y in batches)  # the labels travel with their images
     trainer.train_step(*batches[0])  # the first step compiles
-    READS = ("get", "item", "tolist", "__float__", "__int__", "__bool__", "__index__", "__array__")
+    READS = [name for name in ("get", "item", "tolist", "__float__", "__int__", "__bool__", "__index__", "__array__")
+             if hasattr(cp.ndarray, name)]  # the ways the host reads a GPU array (some CuPy versions lack __index__)
     originals = {name: getattr(cp.ndarray, name) for name in READS}
     copies, depth = [], []
 
