@@ -17,15 +17,27 @@ run outside IPython.
 from __future__ import annotations
 
 import os
+import importlib.util
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TUTORIALS = ROOT / "tutorials"
-sys.path.insert(0, str(TUTORIALS))
-import learner_copy  # noqa: E402  tutorials/learner_copy.py: the cell splitter the learner copies use
 
-sys.path.remove(str(TUTORIALS))
+
+def load_tutorial_module(name: str):
+    """tutorials/<name>.py as a module, without writing a __pycache__ into tutorials/."""
+    spec = importlib.util.spec_from_file_location(name, TUTORIALS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    previous, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.dont_write_bytecode = previous
+    return module
+
+
+learner_copy = load_tutorial_module("learner_copy")  # the cell splitter the learner copies use
 
 
 def notebook_path(name: str) -> Path:

@@ -12,7 +12,6 @@ Needs the [site] extra (nbconvert, selenium) and the [test] extra (jupytext, nbc
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
@@ -24,6 +23,8 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
+from notebook_harness import load_tutorial_module
+
 ROOT = Path(__file__).resolve().parent.parent
 TUTORIALS = ROOT / "tutorials"
 BUILDER = TUTORIALS / "build_site.py"
@@ -33,19 +34,7 @@ for _name in ("nbconvert", "jupytext", "nbclient", "nbformat", "ipykernel"):
     pytest.importorskip(_name, reason=f"the site needs {_name}: pip install -e '.[test,site]'")
 
 
-def _load_builder():
-    """tutorials/build_site.py as a module, without writing a __pycache__ into tutorials/."""
-    spec = importlib.util.spec_from_file_location("build_site", BUILDER)
-    module = importlib.util.module_from_spec(spec)
-    previous, sys.dont_write_bytecode = sys.dont_write_bytecode, True
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.dont_write_bytecode = previous
-    return module
-
-
-build_site = _load_builder()
+build_site = load_tutorial_module("build_site")
 
 SYNTHETIC = r'''# %% [markdown]
 # # 00 · A synthetic lesson

@@ -13,7 +13,6 @@ busy machine, scale both with MINIVIT_TUTORIAL_BUDGET_SCALE=2 (say).
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
@@ -23,6 +22,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from notebook_harness import load_tutorial_module
 
 ROOT = Path(__file__).resolve().parent.parent
 TUTORIALS = ROOT / "tutorials"
@@ -59,20 +60,8 @@ def _tools():
     return jupytext, nbclient
 
 
-def _load(name):
-    """tutorials/<name>.py as a module, without writing a __pycache__ into tutorials/."""
-    spec = importlib.util.spec_from_file_location(name, TUTORIALS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    previous, sys.dont_write_bytecode = sys.dont_write_bytecode, True
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.dont_write_bytecode = previous
-    return module
-
-
-learner_copy = _load("learner_copy")
-runner = _load("notebook_runner")  # converts and runs a notebook; tutorials/build_site.py runs them with it too
+learner_copy = load_tutorial_module("learner_copy")
+runner = load_tutorial_module("notebook_runner")  # converts and runs a notebook; tutorials/build_site.py runs them with it too
 
 
 @pytest.fixture(scope="module")
