@@ -93,6 +93,17 @@ def scaled_dot_product_attention(q, k, v, scale=None) -> Tensor:
     return Attention.apply(q, k, v, scale=float(scale))
 
 
+def check_labels(labels, num_classes, what="labels"):
+    """A ValueError unless every one of the host `labels` lies in [0, num_classes) (`what` names
+    them in the message): cross_entropy's check, which the Trainer also runs once per split."""
+    labels = np.asarray(labels)
+    if labels.size:
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= num_classes:
+            raise ValueError(f"{what} must lie in [0, {num_classes - 1}] for {num_classes} classes, "
+                             f"got values in [{low}, {high}]")
+
+
 def cross_entropy(logits, labels, label_smoothing=0.0) -> Tensor:
     """Mean softmax cross-entropy of logits (B, K) against integer labels (B,), with optional
     label smoothing; the same function as torch.nn.functional.cross_entropy."""
@@ -107,14 +118,11 @@ def cross_entropy(logits, labels, label_smoothing=0.0) -> Tensor:
     num_classes = logits.shape[-1]
     # Host labels are checked here, at no cost. Labels already on the GPU are not: reading them back
     # would copy them to the host and wait for the device in every step. The Trainer checked them on
-    # the host, every split once, before its loaders copied batches to the GPU (trainer.check_labels);
+    # the host, every split once, before its loaders copied batches to the GPU (with check_labels);
     # an out-of-range label that reaches the GPU anyway gets a NaN loss from the default GPU kernel
     # (kernels/gpu/loss.cu), which the Trainer reports as a non-finite loss.
-    if labels.size and device_of(labels) != "gpu":
-        low, high = int(labels.min()), int(labels.max())
-        if low < 0 or high >= num_classes:
-            raise ValueError(f"labels must lie in [0, {num_classes - 1}] for {num_classes} classes, "
-                             f"got values in [{low}, {high}]")
+    if device_of(labels) != "gpu":
+        check_labels(labels, num_classes)
     labels = array_module(logits.data).asarray(labels).astype(np.int64, copy=False)  # on the logits' device
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing}")

@@ -191,10 +191,10 @@ print("gelu_xp matches the reference", "on the CPU and the GPU" if GPU else "on 
 # already on the GPU: that would copy them to the host, and make the host wait for the device,
 # in every step. Instead the Trainer checks every split's labels once, on the host, against its
 # head's number of classes, before its loaders copy any batch to the device
-# (`minivit.train.trainer.check_labels`). Both checks run on any machine:
+# (`minivit.functional.check_labels`). Both checks run on any machine:
 
 # %%
-from minivit.train.trainer import check_labels  # noqa: E402
+from minivit.functional import check_labels  # noqa: E402
 
 
 def value_error(f, *args):

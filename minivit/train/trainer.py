@@ -13,7 +13,7 @@ On the GPU (`device="cuda"`) the model, optimizer state and batches live there; 
 copies one small array to the host, at its end: the loss and the number of correct predictions
 together, to log them and to stop on divergence. Gradient clipping and the accuracy count stay
 on the device; evaluation copies its two totals once per pass. The labels are checked once, on
-the host, before the loaders copy any batch to the device (`check_labels`), so that no step
+the host, before the loaders copy any batch to the device (`functional.check_labels`), so that no step
 reads them back. Checkpoints hold host arrays, and a run started on one device resumes on either.
 
 Each trick of TrainConfig (config.py) enters the loop at one place: mimetic init where the
@@ -32,7 +32,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import kernels
-import numpy as np
 
 from .. import data as mdata
 from .. import device as _device
@@ -50,17 +49,6 @@ from .ema import ema_decay_at, ema_weights, update_ema
 from .evaluation import evaluate
 from .progress import EpochStats, ProgressBar, interrupt_flag, truncate_metrics
 from .resolution import at_resolution, check_low_res, switch_resolution, to_size
-
-
-def check_labels(labels, num_classes, what="labels"):
-    """A ValueError unless every label lies in [0, num_classes): the range check of
-    functional.cross_entropy, done once on host labels (`what` names them in the message)."""
-    labels = np.asarray(labels)
-    if labels.size:
-        low, high = int(labels.min()), int(labels.max())
-        if low < 0 or high >= num_classes:
-            raise ValueError(f"{what} must lie in [0, {num_classes - 1}] for {num_classes} classes, "
-                             f"got values in [{low}, {high}]")
 
 
 def param_groups(model, weight_decay):
@@ -152,7 +140,7 @@ class Trainer:
         classes = cfg.model_kwargs.get("num_classes") or full.num_classes
         for split, ds in (("train", full), ("test", self.test_set)):
             if ds is not None:
-                check_labels(ds.labels, classes, f"{cfg.dataset} {split} labels")
+                F.check_labels(ds.labels, classes, f"{cfg.dataset} {split} labels")
         if cfg.val_size:
             self.train_set, self.val_set = mdata.split_train_val(full, cfg.val_size, seed=cfg.seed)
         else:
