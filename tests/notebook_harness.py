@@ -18,11 +18,20 @@ from __future__ import annotations
 
 import os
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TUTORIALS = ROOT / "tutorials"
+# CIFAR-10 for the notebooks that show its test images: MINIVIT_CIFAR10 where the tests' caller set
+# it (the official batches or an image-folder tree), else the JPEG tree beside the repository.
+CIFAR10 = Path(os.environ.get("MINIVIT_CIFAR10") or ROOT.parent / "shared" / "data" / "cifar10-jpeg")
+
+
+def has_cifar10() -> bool:
+    return (CIFAR10 / "test").is_dir() or (CIFAR10 / "test_batch").is_file()
+
 
 
 def load_tutorial_module(name: str):

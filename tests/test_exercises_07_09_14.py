@@ -1,26 +1,15 @@
 """Each exercise of tutorials 07, 08, 09 and 14 has a check that catches a solution with one step
 missing (the notebook runs in test_tutorials.py prove that the solutions as written pass).
 
-07, 08 and 09 look at the course's CIFAR-10 model, so they need CIFAR-10 test images: the JPEG tree
-beside the repository (or MINIVIT_CIFAR10 when it is such a tree); without it those cases skip.
+07, 08 and 09 look at the course's CIFAR-10 model, so they need CIFAR-10 test images:
+MINIVIT_CIFAR10 when the tests' caller set it, else the JPEG tree beside the repository; without
+either those cases skip.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
-from notebook_harness import check_fails_without
-
-ROOT = Path(__file__).resolve().parent.parent
-# CIFAR-10 for the notebooks that show its test images: MINIVIT_CIFAR10 where the tests' caller set
-# it (the official batches or an image-folder tree), else the JPEG tree beside the repository.
-CIFAR10 = Path(os.environ.get("MINIVIT_CIFAR10") or ROOT.parent / "shared" / "data" / "cifar10-jpeg")
-
-
-def _has_cifar10() -> bool:
-    return (CIFAR10 / "test").is_dir() or (CIFAR10 / "test_batch").is_file()
+from notebook_harness import CIFAR10, check_fails_without, has_cifar10
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +19,7 @@ def decode_cache(tmp_path_factory):
 
 @pytest.fixture
 def cifar10(monkeypatch, decode_cache):
-    if not _has_cifar10():
+    if not has_cifar10():
         pytest.skip(f"needs CIFAR-10 test images: {CIFAR10} is absent (set MINIVIT_CIFAR10)")
     monkeypatch.setenv("MINIVIT_CIFAR10", str(CIFAR10))
     monkeypatch.setenv("MINIVIT_CACHE", str(decode_cache))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from notebook_harness import load_tutorial_module
+from notebook_harness import CIFAR10, has_cifar10, load_tutorial_module
 
 ROOT = Path(__file__).resolve().parent.parent
 TUTORIALS = ROOT / "tutorials"
@@ -37,13 +37,6 @@ TIMES: dict[str, float] = {}  # notebook -> seconds, filled by the run test, che
 # run downloads them (or reads MINIVIT_CIFAR10); the tests read the JPEG tree beside the repository,
 # or skip those notebooks with the reason where it is absent (no download in tests).
 NEEDS_CIFAR10 = {"07_inside_a_vit", "08_finetuning", "09_fewshot"}
-# CIFAR-10 for the notebooks that show its test images: MINIVIT_CIFAR10 where the tests' caller set
-# it (the official batches or an image-folder tree), else the JPEG tree beside the repository.
-CIFAR10 = Path(os.environ.get("MINIVIT_CIFAR10") or ROOT.parent / "shared" / "data" / "cifar10-jpeg")
-
-
-def _has_cifar10() -> bool:
-    return (CIFAR10 / "test").is_dir() or (CIFAR10 / "test_batch").is_file()
 # A line that makes a figure: every one must be shown on the page (at least one image output each).
 MAKES_FIGURE = re.compile(r"^[^#\n]*(?:\bplots\.plot_\w+\(|\bFigure\(|\bplt\.(?:figure|subplots)\()", re.M)
 
@@ -157,7 +150,7 @@ def test_notebook_runs_within_its_budget_and_its_learner_copy_fails_at_each_exer
     jupytext, _ = _tools()
     kernel_env.setenv("MINIVIT_TUTORIAL_OUT", str(tmp_path / "out"))
     if path.stem in NEEDS_CIFAR10:
-        if not _has_cifar10():
+        if not has_cifar10():
             pytest.skip(f"{path.name} shows CIFAR-10 test images; {CIFAR10} is absent (set MINIVIT_CIFAR10) "
                         "and tests do not download")
         kernel_env.setenv("MINIVIT_CIFAR10", str(CIFAR10))
