@@ -1,0 +1,259 @@
+"""Stronger augmentation for training a ViT from scratch on a small dataset, done a batch at a time.
+
+B=batch, H/W=image size, C=channels. Every function takes its randomness from the generator it is
+given, so a batch is a function of (seed, epoch, batch index) and a resumed run repeats it exactly.
+
+- `trivial_augment`: TrivialAugment (Mueller & Hutter, ICCV 2021), "wide" magnitudes: each image
+  gets ONE operation drawn uniformly from 14, at a magnitude drawn uniformly from 31 bins. No
+  search and no schedule; the paper finds it as good as RandAugment and AutoAugment on CIFAR.
+  On uint8 (B, H, W, C), before normalisation. The images are grouped by operation, so each
+  operation runs once per batch on its group, vectorised (no loop over pixels; equalize loops
+  over its images' channels only, for their histograms).
+- `random_erase`: Random Erasing (Zhong et al., AAAI 2020): with probability p per image, a
+  rectangle of 2% to 1/3 of the area, aspect ratio 0.3 to 3.3 (log-uniform), is replaced by zeros
+  (the mean colour, after normalisation) or by standard-normal noise per pixel. On the
+  normalised float batch (B, C, H, W).
+- `mix_batch`: mixup (Zhang et al., ICLR 2018) or CutMix (Yun et al., ICCV 2019) of each image
+  with the batch's mirror image (image b with image B-1-b), as timm does for a whole batch; one
+  mixing weight lam per batch. Returns the two label vectors and lam: the loss is
+  lam * CE(logits, y_a) + (1 - lam) * CE(logits, y_b).
+
+The operations and their magnitude ranges follow the TrivialAugment paper's "wide" space (its
+Table 1), the same as torchvision's TrivialAugmentWide; the photometric ones are PIL's
+ImageEnhance/ImageOps definitions, which tests/test_augment.py checks them against; geometric ones
+sample the nearest source pixel and fill what comes from outside the image with black.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+BINS = 31  # magnitude bins; a draw picks bin 0..30 uniformly
+# name -> magnitude of bins 0..30 (None: no magnitude) and whether a random sign applies
+OPERATIONS = {
+    "identity": (None, False),
+    "shear_x": (np.linspace(0.0, 0.99, BINS), True),       # x' = x + m * y
+    "shear_y": (np.linspace(0.0, 0.99, BINS), True),
+    "translate_x": (np.linspace(0.0, 32.0, BINS), True),   # pixels
+    "translate_y": (np.linspace(0.0, 32.0, BINS), True),
+    "rotate": (np.linspace(0.0, 135.0, BINS), True),       # degrees, about the image centre
+    "brightness": (np.linspace(0.0, 0.99, BINS), True),    # enhance factor 1 + m
+    "color": (np.linspace(0.0, 0.99, BINS), True),
+    "contrast": (np.linspace(0.0, 0.99, BINS), True),
+    "sharpness": (np.linspace(0.0, 0.99, BINS), True),
+    "posterize": (8 - np.round(np.arange(BINS) / ((BINS - 1) / 6)), False),  # bits kept: 8 .. 2
+    "solarize": (np.linspace(255.0, 0.0, BINS), False),   # threshold
+    "autocontrast": (None, False),
+    "equalize": (None, False),
+}
+ERASE_MODES = ("zeros", "pixel")
+
+
+# --- photometric operations: x is float32 (n, H, W, C) in 0..255, m is (n,) -----------------------
+
+def _blend(degenerate, x, factor):
+    """PIL's ImageEnhance: degenerate + factor * (x - degenerate), clipped to 0..255."""
+    return np.clip(degenerate + factor[:, None, None, None] * (x - degenerate), 0, 255)
+
+
+def _gray(x):
+    """PIL's "L" conversion (ITU-R 601-2 luma), rounded as PIL rounds: (n, H, W, 1)."""
+    if x.shape[-1] == 1:
+        return x
+    return np.floor((x[..., :1] * 299 + x[..., 1:2] * 587 + x[..., 2:3] * 114) / 1000 + 0.5)
+
+
+def brightness(x, m):
+    return _blend(np.zeros_like(x), x, 1 + m)
+
+
+def color(x, m):
+    return _blend(_gray(x), x, 1 + m)
+
+
+def contrast(x, m):
+    mean = np.floor(_gray(x).mean(axis=(1, 2, 3), keepdims=True) + 0.5)  # (n, 1, 1, 1)
+    return _blend(mean, x, 1 + m)
+
+
+def sharpness(x, m):
+    """Blend with PIL's SMOOTH filter ([[1,1,1],[1,5,1],[1,1,1]] / 13), border pixels unsmoothed."""
+    smooth = x.copy()
+    inner = 5 * x[:, 1:-1, 1:-1]
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy or dx:
+                inner = inner + x[:, 1 + dy:x.shape[1] - 1 + dy, 1 + dx:x.shape[2] - 1 + dx]
+    smooth[:, 1:-1, 1:-1] = np.floor(inner / 13 + 0.5)
+    return _blend(smooth, x, 1 + m)
+
+
+def posterize(x, bits):
+    mask = (0xFF << (8 - bits.astype(np.int64))) & 0xFF                   # (n,)
+    return (x.astype(np.uint8) & mask[:, None, None, None].astype(np.uint8)).astype(x.dtype)
+
+
+def solarize(x, threshold):
+    return np.where(x >= threshold[:, None, None, None], 255 - x, x)
+
+
+def autocontrast(x, m=None):
+    """Each channel stretched so its darkest pixel is 0 and its brightest 255 (flat channels kept)."""
+    lo = x.min(axis=(1, 2), keepdims=True)                                 # (n, 1, 1, C)
+    hi = x.max(axis=(1, 2), keepdims=True)
+    scale = np.where(hi > lo, 255 / np.maximum(hi - lo, 1), 1.0)
+    out = np.floor((x - lo) * scale + 0.5)
+    return np.where(hi > lo, out, x)
+
+
+def equalize(x, m=None):
+    """PIL's ImageOps.equalize, per image and channel: a lookup table from the cumulative histogram."""
+    out = x.copy()
+    for i in range(x.shape[0]):
+        for c in range(x.shape[-1]):
+            values = x[i, ..., c].astype(np.int64)
+            hist = np.bincount(values.ravel(), minlength=256)
+            step = (hist.sum() - hist[np.flatnonzero(hist)[-1]]) // 255
+            if step == 0:
+                continue
+            lut = np.clip((np.concatenate([[0], np.cumsum(hist)[:-1]]) + step // 2) // step, 0, 255)
+            out[i, ..., c] = lut[values]
+    return out
+
+
+# --- geometric operations: the inverse map of each output pixel, nearest source pixel ------------
+
+def _warp(x, inverse):
+    """x (n, H, W, C); inverse (n, 2, 3): output pixel (col, row, 1) -> source (col, row)."""
+    n, H, W, _ = x.shape
+    rows, cols = np.mgrid[0:H, 0:W].astype(np.float64)                      # (H, W) each
+    grid = np.stack([cols, rows, np.ones_like(cols)])                       # (3, H, W)
+    src = np.einsum("nij,jhw->nihw", inverse, grid)                         # (n, 2, H, W)
+    sx, sy = np.floor(src[:, 0] + 0.5).astype(np.int64), np.floor(src[:, 1] + 0.5).astype(np.int64)
+    inside = (sx >= 0) & (sx < W) & (sy >= 0) & (sy < H)                    # (n, H, W)
+    picked = x[np.arange(n)[:, None, None], np.clip(sy, 0, H - 1), np.clip(sx, 0, W - 1)]
+    return np.where(inside[..., None], picked, 0)
+
+
+def _affine(n, a=0.0, b=0.0, c=0.0, d=0.0, e=0.0, f=0.0):
+    """(n, 2, 3) inverse maps [[1+a, b, c], [d, 1+e, f]] from per-image arrays (or scalars)."""
+    rows = [[1 + np.asarray(a), b, c], [d, 1 + np.asarray(e), f]]
+    return np.stack([np.stack([np.broadcast_to(v, (n,)) for v in row], -1) for row in rows], 1)
+
+
+def shear_x(x, m):
+    return _warp(x, _affine(len(x), b=m))       # source col = col + m * row
+
+
+def shear_y(x, m):
+    return _warp(x, _affine(len(x), d=m))
+
+
+def translate_x(x, m):
+    return _warp(x, _affine(len(x), c=-np.round(m)))   # content moves right by m pixels
+
+
+def translate_y(x, m):
+    return _warp(x, _affine(len(x), f=-np.round(m)))
+
+
+def rotate(x, degrees):
+    """Counter-clockwise by `degrees` about the image centre, as PIL's Image.rotate."""
+    n, H, W, _ = x.shape
+    t = np.deg2rad(degrees)
+    cx, cy = (W - 1) / 2, (H - 1) / 2
+    cos, sin = np.cos(t), np.sin(t)
+    # inverse of a counter-clockwise turn in image coordinates (rows grow downwards)
+    inverse = np.stack([np.stack([cos, -sin, cx - cos * cx + sin * cy], -1),
+                        np.stack([sin, cos, cy - sin * cx - cos * cy], -1)], 1)
+    return _warp(x, inverse)
+
+
+def identity(x, m=None):
+    return x
+
+
+def trivial_augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One random operation at a random magnitude per image of a uint8 batch (B, H, W, C).
+
+    Draws, in this order: the operation (B,), the magnitude bin (B,), the sign (B,).
+    Returns a new uint8 (B, H, W, C) array.
+    """
+    if x.dtype != np.uint8 or x.ndim != 4:
+        raise ValueError(f"trivial_augment takes uint8 images (B, H, W, C), got {x.dtype} {x.shape}")
+    names = list(OPERATIONS)
+    B = x.shape[0]
+    ops = rng.integers(0, len(names), size=B)
+    bins = rng.integers(0, BINS, size=B)
+    signs = np.where(rng.random(B) < 0.5, -1.0, 1.0)
+    out = x.copy()
+    for k, name in enumerate(names):
+        idx = np.flatnonzero(ops == k)
+        if len(idx) == 0 or name == "identity":
+            continue
+        table, signed = OPERATIONS[name]
+        m = None if table is None else table[bins[idx]] * (signs[idx] if signed else 1.0)
+        done = globals()[name](x[idx].astype(np.float32), m)
+        out[idx] = np.clip(np.floor(done + 0.5) if done.dtype.kind == "f" else done, 0, 255).astype(np.uint8)
+    return out
+
+
+def random_erase(x: np.ndarray, rng: np.random.Generator, p: float = 0.25,
+                 area=(0.02, 1 / 3), aspect=(0.3, 3.3), mode: str = "zeros") -> np.ndarray:
+    """Random Erasing on a normalised batch (B, C, H, W), in place; returns x.
+
+    Draws: whether each image is erased (B,), then 10 candidate rectangles per image (area
+    fraction, log aspect ratio, then top-left corner), the first that fits is used; then, for
+    mode "pixel", the noise for the whole batch.
+    """
+    if mode not in ERASE_MODES:
+        raise ValueError(f"mode must be one of {ERASE_MODES}, got {mode!r}")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"the erasing probability must lie in [0, 1], got {p}")
+    B, C, H, W = x.shape
+    tries = 10
+    erase = rng.random(B) < p
+    fraction = rng.uniform(area[0], area[1], size=(B, tries))
+    ratio = np.exp(rng.uniform(np.log(aspect[0]), np.log(aspect[1]), size=(B, tries)))
+    h = np.round(np.sqrt(fraction * H * W * ratio)).astype(np.int64)         # (B, tries)
+    w = np.round(np.sqrt(fraction * H * W / ratio)).astype(np.int64)
+    top = np.floor(rng.random((B, tries)) * np.maximum(H - h + 1, 1)).astype(np.int64)
+    left = np.floor(rng.random((B, tries)) * np.maximum(W - w + 1, 1)).astype(np.int64)
+    fits = (h >= 1) & (w >= 1) & (h <= H) & (w <= W)
+    first = np.argmax(fits, axis=1)                                         # (B,) first fitting try
+    erase &= fits[np.arange(B), first]
+    pick = lambda a: a[np.arange(B), first][:, None]                        # (B, 1)
+    rows, cols = np.arange(H)[None], np.arange(W)[None]                     # (1, H), (1, W)
+    in_rows = (rows >= pick(top)) & (rows < pick(top) + pick(h))            # (B, H)
+    in_cols = (cols >= pick(left)) & (cols < pick(left) + pick(w))          # (B, W)
+    mask = (in_rows[:, :, None] & in_cols[:, None, :]) & erase[:, None, None]  # (B, H, W)
+    fill = 0.0 if mode == "zeros" else rng.standard_normal(x.shape, dtype=np.float32)
+    np.copyto(x, np.where(mask[:, None], fill, x).astype(x.dtype))
+    return x
+
+
+def mix_batch(x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
+              mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0):
+    """Mixup or CutMix of a normalised batch x (B, C, H, W) with its mirror image x[::-1].
+
+    With both alphas > 0, each batch is one or the other with probability 1/2. Draws: the choice
+    (if both), lam ~ Beta(alpha, alpha), then for CutMix the box centre (row, column).
+    Returns (mixed x, y_a = y, y_b = y[::-1], lam), lam being the share of y_a's image.
+    """
+    if mixup_alpha < 0 or cutmix_alpha < 0:
+        raise ValueError(f"mixup and cutmix alphas must be >= 0, got {mixup_alpha} and {cutmix_alpha}")
+    if mixup_alpha == 0 and cutmix_alpha == 0:
+        return x, y, y, 1.0
+    cut = cutmix_alpha > 0 and (mixup_alpha == 0 or rng.random() < 0.5)
+    lam = float(rng.beta(cutmix_alpha, cutmix_alpha) if cut else rng.beta(mixup_alpha, mixup_alpha))
+    partner = x[::-1]
+    if not cut:
+        return (lam * x + (1 - lam) * partner).astype(x.dtype), y, y[::-1], lam
+    B, C, H, W = x.shape
+    cy, cx = rng.integers(0, H), rng.integers(0, W)
+    ch, cw = int(H * np.sqrt(1 - lam)), int(W * np.sqrt(1 - lam))
+    y0, y1 = np.clip([cy - ch // 2, cy + ch // 2], 0, H)
+    x0, x1 = np.clip([cx - cw // 2, cx + cw // 2], 0, W)
+    out = x.copy()
+    out[:, :, y0:y1, x0:x1] = partner[:, :, y0:y1, x0:x1]
+    lam = 1 - (y1 - y0) * (x1 - x0) / (H * W)  # the share the box really left to image b
+    return out, y, y[::-1], float(lam)
