@@ -12,11 +12,11 @@ Choosing (the same choices from Python and from the environment):
     kernels.available("attention")                  # what is there, with descriptions
     with kernels.use(attention="reference"):        # for a block of code (restored on exit)
         ...
-    kernels.use(attention="cpu_v3")                 # or for the rest of the process
-    kernels.use("reference")                        # reading mode: every op runs its NumPy
-                                                    # reference (a bare name: every op that has it)
-    kernels.use("reference", attention="cpu_v3")    # mixed: keywords override the bare name
-    kernels.use("reference,attention=cpu_v3")       # the same, as a spec string
+    kernels.select(attention="cpu_v3")              # or for the rest of the process (reset() undoes)
+    with kernels.use("reference"):                  # reading mode: every op runs its NumPy
+        ...                                         # reference (a bare name: every op that has it)
+    kernels.select("reference", attention="cpu_v3") # mixed: keywords override the bare name
+    kernels.select("reference,attention=cpu_v3")    # the same, as a spec string
     kernels.validate("reference,attention=cpu_v3")  # check without applying -> {op: name}
 
     MINIVIT_KERNELS=reference                       # reading mode for a whole run, at import
@@ -31,7 +31,7 @@ They are imported on first use, so `import kernels` stays cheap. A backend that 
 is not dropped quietly: the ops whose default it provides fall back to the NumPy reference,
 with a RuntimeWarning (once) that names the backend, the exception and the fix;
 `backend_errors()` returns the exceptions. Choosing the reference yourself (MINIVIT_KERNELS=
-reference, or kernels.use("reference")) is no fallback, so it does not warn. Adding a device is
+reference, or kernels.select("reference")) is no fallback, so it does not warn. Adding a device is
 one line in BACKENDS and one section in DEFAULTS.
 
 The GPU (device "gpu": CuPy arrays; the user asks for it as "cuda"): kernels.gpu registers its
@@ -134,7 +134,7 @@ class Impl:
 
 
 _TABLE: dict[str, dict[str, Impl]] = {op: {} for op in OPS}  # op -> name -> Impl
-_SELECTED: dict[tuple[str, str], str] = {}  # (op, device) -> name chosen by use() or MINIVIT_KERNELS
+_SELECTED: dict[tuple[str, str], str] = {}  # (op, device) -> name chosen by select(), use() or MINIVIT_KERNELS
 _BACKEND_ERRORS: dict[str, ImportError] = {}  # device -> why its backend failed to import
 _WARNED: set[str] = set()  # devices whose fallback has been announced
 _LOADED = False
@@ -310,16 +310,23 @@ def _apply(choices: dict[str, str]) -> dict[tuple[str, str], str | None]:
 
 
 class use:
-    """Choose implementations: `kernels.use(attention="cpu_v1")` takes effect at once for the
-    whole process; `with kernels.use(...):` restores the previous choices on exit. A positional
-    spec comes first and keywords override it: `use("reference")` runs every op that has a
-    reference on it, `use("reference", attention="cpu_v3")` all but attention. Nothing is applied
-    unless every choice is valid."""
+    """`with kernels.use(attention="cpu_v1"):` runs the chosen implementations inside the block and
+    restores the previous choices on exit, after nesting or an exception too. A positional spec
+    comes first and keywords override it: `use("reference")` runs every op that has a reference on
+    it, `use("reference", attention="cpu_v3")` all but attention. Nothing is applied unless every
+    choice is valid.
+
+    The choice takes effect when use() is called. Called without `with`, it stays for the rest of
+    the process; that is what select() is for, so a use() that is dropped without ever being
+    entered says so with a RuntimeWarning (as Python does for a coroutine never awaited)."""
 
     def __init__(self, spec: str | None = None, /, **choices: str):
-        self._previous = _apply(validate({**(parse_spec(spec) if spec else {}), **choices}))
+        self._choices = validate({**(parse_spec(spec) if spec else {}), **choices})
+        self._previous = _apply(self._choices)
+        self._entered = False
 
     def __enter__(self):
+        self._entered = True
         return self
 
     def __exit__(self, *exc):
@@ -330,9 +337,27 @@ class use:
                 _SELECTED[key] = name
         return False
 
+    def __del__(self):
+        if getattr(self, "_entered", True):  # entered, or __init__ raised before applying anything
+            return
+        spec = ", ".join(f"{op}={name}" for op, name in self._choices.items())
+        try:
+            warnings.warn(f"kernels.use({spec}) was not used with `with`, so its choice holds for the rest of "
+                          f"the process: write kernels.select(...) to choose for the process, or "
+                          f"`with kernels.use(...):` to choose for a block", RuntimeWarning, stacklevel=2)
+        except Exception:  # at interpreter shutdown the warnings machinery may be gone
+            pass
+
+
+def select(spec: str | None = None, /, **choices: str) -> None:
+    """Choose implementations for the rest of the process, until reset() (a `with kernels.use(...)`
+    block inside runs its own choice, then puts this one back). The same arguments as use(); nothing
+    is applied unless every choice is valid."""
+    _apply(validate({**(parse_spec(spec) if spec else {}), **choices}))
+
 
 def reset():
-    """Forget every choice made by use() or MINIVIT_KERNELS: each op goes back to DEFAULTS."""
+    """Forget every choice made by select(), use() or MINIVIT_KERNELS: each op goes back to DEFAULTS."""
     _SELECTED.clear()
 
 

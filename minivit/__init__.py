@@ -9,6 +9,11 @@
 Read in this order: autograd.py (Tensor, Function, backward), functional.py (the fused ops),
 nn.py (Module, Linear, LayerNorm), vit.py (the model, Eq. 1-4) with posemb.py and variants.py,
 optim.py (AdamW). Grouped below: data/, train/, analysis/; interop.py and cli.py at the edge.
+
+`import minivit` changes nothing in the process. At the first kernel call the CPU kernels load and
+make a few stated process-wide changes (Numba's threading layer, NumPy's BLAS thread count during
+minivit's products, glibc's malloc thresholds); the user's own settings win and os.environ is never
+written. kernels/cpu/process.py lists every change, when it happens and how to opt out.
 """
 import kernels  # noqa: F401  (the fused ops' registry; the CPU kernels load on first use)
 

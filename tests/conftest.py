@@ -12,7 +12,7 @@ def private_data_dirs(tmp_path, monkeypatch):
 
 @pytest.fixture
 def restore_kernel_choices():
-    """Undo process-wide `kernels.use(...)` choices a test (or a Trainer's --kernels) makes."""
+    """Undo process-wide `kernels.select(...)` choices a test (or a Trainer's --kernels) makes."""
     from kernels import registry
 
     saved = dict(registry._SELECTED)

@@ -1,7 +1,7 @@
 """The kernel registry (kernels/registry.py): the table of defaults, listing, choosing with use()
-(scoped and global, one op or reading mode for all), validate(), reset(), the error messages,
-parse_spec, the MINIVIT_KERNELS environment variable, and the loud fallback when a backend fails
-to import."""
+(for a block; a warning without `with`) and select() (for the process), one op or reading mode for
+all, validate(), reset(), the error messages, parse_spec, the MINIVIT_KERNELS environment
+variable, and the loud fallback when a backend fails to import."""
 from __future__ import annotations
 
 import importlib.util
@@ -112,7 +112,7 @@ def test_use_as_a_context_manager_selects_inside_and_restores_on_exit():
 
 def test_use_restores_the_previous_choice_after_nesting_and_after_an_exception():
     op, other = _swappable()
-    kernels.use(**{op: "reference"})
+    kernels.select(**{op: "reference"})
     with pytest.raises(RuntimeError):
         with kernels.use(**{op: other}):
             with kernels.use(**{op: "reference"}):
@@ -122,13 +122,36 @@ def test_use_restores_the_previous_choice_after_nesting_and_after_an_exception()
     assert kernels.get(op).name == "reference"
 
 
-def test_use_without_with_persists_until_reset():
+def test_select_persists_until_reset():
     op, other = _swappable()
-    kernels.use(**{op: other})
+    kernels.select(**{op: other})
     assert kernels.get(op).name == other
     assert kernels.get(op).name == other  # still, on a later call
     kernels.reset()
     assert kernels.get(op).name == _default(op)
+
+
+def test_select_rejects_an_invalid_choice_and_applies_nothing():
+    op, other = _swappable()
+    with pytest.raises(ValueError, match="no_such_kernel"):
+        kernels.select(**{op: other}, linear="no_such_kernel")
+    assert kernels.get(op).name == _default(op)
+
+
+def test_use_without_with_warns_that_its_choice_holds_for_the_rest_of_the_process():
+    op, other = _swappable()
+    with pytest.warns(RuntimeWarning, match=r"not used with `with`.*kernels\.select") as caught:
+        kernels.use(**{op: other})  # dropped at once, never entered
+    assert f"{op}={other}" in str(caught[0].message)
+    assert caught[0].filename == __file__  # it points at the caller's line
+    assert kernels.get(op).name == other  # and the choice still holds, as it did before the warning
+
+
+def test_use_entered_with_with_gives_no_warning(recwarn):
+    op, other = _swappable()
+    with kernels.use(**{op: other}):
+        pass
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning) and "kernels.use" in str(w.message)]
 
 
 def test_use_with_an_unknown_op_raises_listing_the_known_ops():

@@ -12,15 +12,25 @@ per-op profile (benchmarks/profile_step.py, vit_mini, batch 128) this showed up 
 element-wise kernels (GELU's forward 7.5 ms a step, 1.5 ms once freed memory is reused; LayerNorm's
 12.7 against 3.3 ms) and as time "between kernels" (autograd's adds write fresh arrays too).
 
-`keep_freed_memory()`, called when kernels.cpu is imported, tells glibc (mallopt) to serve every
-request up to 32 MiB (the largest mmap threshold glibc accepts) from its heap and to keep up to
-1 GiB of freed memory there instead of giving it back. A freed array's pages are then reused by
-the next one, already mapped. The cost: the process keeps the memory of its largest step (its
-peak, as it would with PyTorch's or JAX's caching allocators), up to 1 GiB above what it holds,
-until it exits. Requests above 32 MiB keep glibc's own rules. Nothing changes where the C library
-is not glibc (musl, macOS, Windows). `keep_freed_memory(False)` puts glibc's starting values back
-(its dynamic threshold stays off); MINIVIT_KEEP_FREED_MEMORY=0 in the environment skips the call
-at import.
+`keep_freed_memory()`, called when minivit's CPU kernels load (the first kernel call; see
+kernels/cpu/process.py for every such change), tells glibc (mallopt) to serve every request up to
+32 MiB (the largest mmap threshold glibc accepts) from its heap and to keep up to 1 GiB of freed
+memory there instead of giving it back. A freed array's pages are then reused by the next one,
+already mapped. The cost: the process keeps the memory of its largest step (its peak, as it would
+with PyTorch's or JAX's caching allocators), up to 1 GiB above what it holds, until it exits.
+Requests above 32 MiB keep glibc's own rules. Nothing changes where the C library is not glibc
+(musl, macOS, Windows), nor where the user set glibc's malloc thresholds themselves
+(MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, MALLOC_TOP_PAD_, MALLOC_MMAP_MAX_, or those
+glibc.malloc tunables in GLIBC_TUNABLES): their settings stand.
+
+Opting out: MINIVIT_KEEP_FREED_MEMORY=0 in the environment before the first kernel call leaves
+glibc untouched. Undoing it later is partial: `keep_freed_memory(False)` puts glibc's starting
+thresholds back (128 KiB each), but not glibc's *dynamic* threshold, which raises the mmap
+threshold to the size of each large block freed (up to 32 MiB). Setting any of the four
+thresholds through mallopt switches that adjustment off for the life of the process (glibc's
+malloc.c sets mp_.no_dyn_threshold, and no call clears it), so after the undo every array above
+128 KiB is an mmap of its own, as in the second row of the table below (slower than glibc's
+defaults and than keeping). There is no call that gives glibc's own behaviour back.
 
 Options measured (vit_mini_patch4_32, batch 128, `python benchmarks/profile_step.py --steps 8`,
 NumPy and PyTorch imported first; the 2-core AMD EPYC dev box, 2026-12-06; two rounds each, the
@@ -50,6 +60,10 @@ _M_MMAP_THRESHOLD = -3
 _HEAP_UP_TO = 32 << 20  # glibc's largest mmap threshold on 64-bit (HEAP_MAX_SIZE / 2)
 _KEEP_UP_TO = 1 << 30
 _GLIBC_START = 128 << 10  # glibc's starting mmap and trim thresholds
+# The same thresholds as the user sets them (glibc's malloc/tunables): any of them, and minivit keeps out.
+_USERS_MALLOC_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
+_USERS_MALLOC_TUNABLES = ("glibc.malloc.mmap_threshold", "glibc.malloc.trim_threshold", "glibc.malloc.top_pad",
+                          "glibc.malloc.mmap_max")
 
 _state = {"kept": False}
 
@@ -70,8 +84,8 @@ def _mallopt():
 
 def keep_freed_memory(keep: bool = True) -> bool:
     """Have glibc's malloc reuse freed memory for arrays up to 32 MiB (keep=True) or go back to its
-    starting thresholds (keep=False). Returns whether it is now keeping freed memory; False where
-    the C library is not glibc."""
+    starting thresholds (keep=False; its dynamic threshold stays off, see above). Returns whether it
+    is now keeping freed memory; False where the C library is not glibc."""
     mallopt = _mallopt()
     if mallopt is None:
         _state["kept"] = False
@@ -91,8 +105,15 @@ def keeping_freed_memory() -> bool:
     return _state["kept"]
 
 
-def apply_default():
-    """At `import kernels.cpu`: keep freed memory unless MINIVIT_KEEP_FREED_MEMORY is 0/false/no/off."""
+def apply_default() -> str:
+    """When minivit's CPU kernels load: keep freed memory unless MINIVIT_KEEP_FREED_MEMORY is
+    0/false/no/off or the user set glibc's thresholds. Returns what it did, in words."""
     if os.environ.get("MINIVIT_KEEP_FREED_MEMORY", "1").strip().lower() in ("0", "false", "no", "off"):
-        return False
-    return keep_freed_memory(True)
+        return "left to the C library: MINIVIT_KEEP_FREED_MEMORY is off"
+    users = [v for v in _USERS_MALLOC_VARIABLES if v in os.environ]
+    users += [t for t in _USERS_MALLOC_TUNABLES if t in os.environ.get("GLIBC_TUNABLES", "")]
+    if users:
+        return f"left to the C library: the user set {', '.join(users)}"
+    if keep_freed_memory(True):
+        return "glibc keeps freed memory: arrays up to 32 MiB from its heap, up to 1 GiB kept"
+    return "left to the C library: it is not glibc"

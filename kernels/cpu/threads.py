@@ -16,18 +16,31 @@ pool of threads:
 The design that does not depend on import order or environment variables:
 
 1. Numba runs on Intel TBB (the `tbb` package, a dependency on x86-64): its own threads, no
-   libgomp, whoever loaded libgomp first; `choose_threading_layer` below preloads the wheel's
-   libtbb.so.12 and picks the layer before the first parallel launch (kernels/cpu/__init__.py).
-   Without tbb: OpenMP with OMP_WAIT_POLICY=PASSIVE, which holds when minivit loads libgomp first.
+   libgomp, whoever loaded libgomp first. `choose_threading_layer` below loads the wheel's
+   libtbb.so.12 and picks the layer before the first parallel launch, unless the user chose one
+   (NUMBA_THREADING_LAYER, or numba.config set before minivit's first kernel): then theirs stands.
+   Without tbb, Numba picks its layer itself and OpenMP's threads wait as libgomp's defaults say
+   (OMP_WAIT_POLICY=PASSIVE in the shell makes them sleep; minivit never writes the environment).
 2. BLAS runs single-threaded inside minivit's products (`matmul` below): OpenBLAS's pool is never
-   woken, so it never spins. Its thread count is set to 1 for the duration of each product and
-   restored after (openblas_set_num_threads through ctypes on NumPy's own OpenBLAS, found with
-   threadpoolctl once), so NumPy code of the user's own keeps its threads.
-3. minivit splits each large product (from 16 MFLOP) over `num_threads()` threads itself: rows of
-   the output (or the batch of matrices) in equal chunks, one per thread, each a single-threaded
-   BLAS call writing its own rows of the output. The main thread takes a chunk; the others run on
-   a small thread pool whose workers block on a queue when idle (they never spin). Small products
-   go straight to np.matmul, which OpenBLAS runs on the calling thread below its threshold.
+   woken, so it never spins. OpenBLAS has one thread count for the whole process, so it is set to
+   1 while at least one of minivit's products is running (in any Python thread) and put back when
+   the last one ends, under a lock (`single_threaded_blas`). NumPy products of the user's own keep
+   their threads, except one that runs in another Python thread at the same moment: it runs on
+   one thread (its result is the same). OpenBLAS 0.3.27 added openblas_set_num_threads_local, but
+   in NumPy's pthreads build (0.3.31 checked) it sets the same process-wide count, so it cannot
+   make the switch per thread (tests/test_process_changes.py checks that claim).
+3. minivit splits each large product (from 16 MFLOP) over `num_threads()` threads itself, at most
+   as many as the user's BLAS count (OPENBLAS_NUM_THREADS, OMP_NUM_THREADS or a threadpoolctl
+   limit of 1 keeps minivit's products on one thread too): rows of the output (or the batch of
+   matrices) in equal chunks, one per thread, each a single-threaded BLAS call writing its own rows
+   of the output. The main thread takes a chunk; the others run on a small thread pool whose
+   workers block on a queue when idle (they never spin). Small products go straight to np.matmul,
+   which OpenBLAS runs on the calling thread below its threshold.
+
+NumPy's OpenBLAS is found without threadpoolctl (importing it writes KMP_DUPLICATE_LIB_OK into
+os.environ): the copy a NumPy wheel bundles, else the one OpenBLAS the process has loaded. With
+another BLAS (MKL, Accelerate, BLIS) minivit leaves its threads alone and does not split products.
+Every change this makes to the process is listed in kernels/cpu/process.py.
 
 The options measured (2-core Intel Xeon, AVX-512, KVM guest, under load from other jobs):
 
@@ -45,6 +58,7 @@ against timm: benchmarks/timm_step.py --import-orders (benchmarks/results/).
 from __future__ import annotations
 
 import ctypes
+import glob
 import math
 import os
 import threading
@@ -57,24 +71,47 @@ import numpy as np
 # and its pool is never woken, so no switch is needed.
 _OPENBLAS_ONE_THREAD_BELOW = 65536 * 4
 _SPLIT_FROM = 1 << 24  # flops: a product is split over threads from 16 MFLOP (some 150 us per thread)
-_lock = threading.Lock()
+_NUMBA_LAYERS_WITHOUT_TBB = ("omp", "workqueue")  # a user's choice of these needs no libtbb
+_NUMBA_PRIORITY = ["tbb", "omp", "workqueue"]  # Numba's own order when no layer is named
+_lock = threading.Lock()  # guards _pool, _switch and _blas
 _pool = None
-_switch = None  # (get, set) of NumPy's BLAS thread count, found on first use
+_switch = None  # (get, set) of NumPy's OpenBLAS thread count, found on first use; False: no OpenBLAS
+_blas = {"running": 0, "users_count": 1}  # minivit products holding BLAS at 1 thread; the count before
 
 
-def choose_threading_layer():
+def choose_threading_layer() -> str:
     """Numba's parallel loops on Intel TBB when the `tbb` package is installed (a 2 us launch, its
-    own threads: no libgomp), else on OpenMP with sleeping threads (which holds only when no other
-    library, such as PyTorch, loaded libgomp first). The chosen layer is numba.threading_layer()."""
+    own threads: no libgomp) and the user chose no layer; a layer the user chose stands, and so does
+    one already launched. Returns what it did, in words (kernels/cpu/process.py reports it)."""
     import numba
 
-    library = _tbb_library()
+    try:
+        return f"{numba.threading_layer()}: launched before minivit's kernels loaded, left as it was"
+    except ValueError:  # nothing launched yet: the layer can still be chosen
+        pass
+    users = _users_threading_layer(numba)
+    library = None if users in _NUMBA_LAYERS_WITHOUT_TBB else _tbb_library()
     if library is not None:
-        ctypes.CDLL(library, mode=ctypes.RTLD_GLOBAL)  # Numba's tbbpool finds it by its soname
-        numba.config.THREADING_LAYER = "tbb"
-    else:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        numba.config.THREADING_LAYER = "omp"
+        # Numba's tbbpool extension asks for libtbb.so.12 by its soname, which the loader then finds
+        # already loaded; RTLD_LOCAL keeps TBB's symbols out of the process's global namespace.
+        ctypes.CDLL(library, mode=ctypes.RTLD_LOCAL)
+    if users is not None:
+        return f"{users}: the user's choice" + (f" (libtbb loaded from {library})" if library else "")
+    if library is None:
+        return "Numba's own choice: the tbb package is not installed"
+    numba.config.THREADING_LAYER = "tbb"
+    return f"tbb: chosen by minivit (libtbb loaded from {library})"
+
+
+def _users_threading_layer(numba) -> str | None:
+    """The layer the user asked Numba for (NUMBA_THREADING_LAYER or its _PRIORITY in the
+    environment, or numba.config changed in Python), or None when they left it to Numba."""
+    config = numba.config
+    if "NUMBA_THREADING_LAYER" in os.environ or config.THREADING_LAYER != "default":
+        return config.THREADING_LAYER
+    if "NUMBA_THREADING_LAYER_PRIORITY" in os.environ or config.THREADING_LAYER_PRIORITY != _NUMBA_PRIORITY:
+        return "default, priority " + ",".join(config.THREADING_LAYER_PRIORITY)
+    return None
 
 
 def _tbb_library():
@@ -87,64 +124,109 @@ def _tbb_library():
         return None
     for f in files:
         if f.name.startswith("libtbb.so.12"):
-            return str(f.locate())
+            return os.path.normpath(f.locate())
     return None
 
 
 def num_threads() -> int:
-    """Threads minivit's CPU work runs on: Numba's (NUMBA_NUM_THREADS, else the cores)."""
+    """Threads minivit's CPU work may use now, read at each call: Numba's count for the calling
+    thread (numba.set_num_threads, else NUMBA_NUM_THREADS, else the cores)."""
     import numba
 
-    return numba.config.NUMBA_NUM_THREADS
+    return numba.get_num_threads()
 
 
 def _executor():
+    """The pool that runs a split product's other chunks: one worker fewer than Numba's largest count."""
     global _pool
     with _lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=max(num_threads() - 1, 1), thread_name_prefix="minivit-blas")
+            import numba
+
+            workers = max(numba.config.NUMBA_NUM_THREADS - 1, 1)
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="minivit-blas")
         return _pool
 
 
 def _blas_thread_switch():
     """(get_num_threads, set_num_threads) of the OpenBLAS NumPy runs on, as plain ctypes calls (a
-    fraction of a microsecond each): threadpoolctl finds the library, its symbols are read here.
-    For another BLAS (MKL, Accelerate), threadpoolctl's own (slower) calls."""
+    fraction of a microsecond each), or None where NumPy's BLAS is not an OpenBLAS found here."""
     global _switch
-    if _switch is None:
-        from threadpoolctl import ThreadpoolController
+    if _switch is not None:
+        return _switch or None
+    with _lock:
+        if _switch is None:
+            calls = [c for c in map(_thread_count_calls, _numpy_openblas_paths()) if c]
+            _switch = calls[0] if len(calls) == 1 else False  # two copies: which is NumPy's is unknown
+        return _switch or None
 
-        libs = ThreadpoolController().select(user_api="blas").lib_controllers
-        openblas = [lib for lib in libs if lib.internal_api == "openblas" and "numpy" in lib.filepath]
-        if openblas:
-            dll = ctypes.CDLL(openblas[0].filepath)
-            for prefix in ("", "scipy_"):
-                for suffix in ("", "64_", "_64"):
-                    if hasattr(dll, f"{prefix}openblas_get_num_threads{suffix}"):
-                        get = getattr(dll, f"{prefix}openblas_get_num_threads{suffix}")
-                        set_ = getattr(dll, f"{prefix}openblas_set_num_threads{suffix}")
-                        set_.argtypes = [ctypes.c_int]
-                        _switch = (get, set_)
-                        return _switch
-        _switch = (lambda: max(lib.get_num_threads() or 1 for lib in libs) if libs else 1,
-                   lambda n: [lib.set_num_threads(n) for lib in libs])
-    return _switch
+
+def _numpy_openblas_paths() -> list[str]:
+    """Where NumPy's OpenBLAS is: the copy its wheel bundles (numpy.libs/ beside the package on
+    Linux and Windows, numpy/.dylibs on macOS), else the BLAS libraries the process has mapped (a
+    NumPy built on the system's OpenBLAS), other wheels' private copies left out."""
+    here = os.path.dirname(np.__file__)
+    bundled = glob.glob(os.path.join(here, os.pardir, "numpy.libs", "*openblas*"))
+    bundled += glob.glob(os.path.join(here, ".dylibs", "*openblas*"))
+    if bundled:
+        return sorted(bundled)
+    try:
+        with open("/proc/self/maps") as maps:  # Linux: address, perms, offset, device, inode, path
+            fields = [line.split(maxsplit=5) for line in maps]
+    except OSError:
+        return []
+    mapped = {os.path.realpath(f[5].strip()) for f in fields if len(f) == 6 and f[5].startswith("/")}
+    return sorted(p for p in mapped if "blas" in os.path.basename(p).lower() and "scipy_openblas" not in p)
+
+
+def _thread_count_calls(path):
+    """(get, set) of OpenBLAS's thread count in the library at `path` (its names carry a prefix
+    and a suffix in 64-bit-integer builds: scipy_openblas_get_num_threads64_), or None."""
+    try:
+        dll = ctypes.CDLL(path)
+    except OSError:
+        return None
+    for prefix in ("", "scipy_"):
+        for suffix in ("", "64_", "_64"):
+            get = getattr(dll, f"{prefix}openblas_get_num_threads{suffix}", None)
+            set_ = getattr(dll, f"{prefix}openblas_set_num_threads{suffix}", None)
+            if get is not None and set_ is not None:
+                get.restype, set_.argtypes, set_.restype = ctypes.c_int, [ctypes.c_int], None
+                return get, set_
+    return None
 
 
 class single_threaded_blas:
-    """`with single_threaded_blas():` NumPy's BLAS uses the calling thread only; after the block
-    its thread count is what it was."""
+    """`with single_threaded_blas() as blas:` NumPy's OpenBLAS uses one thread while the block runs.
+    OpenBLAS's count is process-wide, so the blocks of all Python threads share one switch: the
+    first to enter saves the user's count and sets 1, the last to leave puts it back (unless
+    someone set another count meanwhile: theirs stands). `blas.threads` is how many threads a
+    product may be split over: Numba's count, at most the user's BLAS count. Where NumPy's BLAS is
+    not OpenBLAS, nothing is switched and `blas.threads` is 1."""
 
     def __enter__(self):
-        get, set_ = _blas_thread_switch()
-        self.saved = get()
-        if self.saved != 1:
-            set_(1)
+        self.switch = _blas_thread_switch()
+        if self.switch is None:
+            self.threads = 1
+            return self
+        get, set_ = self.switch
+        with _lock:
+            if _blas["running"] == 0:
+                _blas["users_count"] = get()
+                if _blas["users_count"] != 1:
+                    set_(1)
+            _blas["running"] += 1
+            users_count = _blas["users_count"]
+        self.threads = min(num_threads(), users_count)
         return self
 
     def __exit__(self, *exc):
-        if self.saved != 1:
-            _blas_thread_switch()[1](self.saved)
+        if self.switch is not None:
+            get, set_ = self.switch
+            with _lock:
+                _blas["running"] -= 1
+                if _blas["running"] == 0 and _blas["users_count"] != 1 and get() == 1:
+                    set_(_blas["users_count"])
         return False
 
 
@@ -158,8 +240,8 @@ def matmul(a, b, out=None):
     mnk = a.shape[-2] * a.shape[-1] * b.shape[-1]  # one matrix's product
     if mnk < _OPENBLAS_ONE_THREAD_BELOW and math.prod(shape[:-2]) * mnk < _SPLIT_FROM // 2:
         return np.matmul(a, b, out=out)  # OpenBLAS keeps it on this thread by itself
-    threads = min(num_threads(), max(1, 2 * math.prod(shape[:-2]) * mnk // _SPLIT_FROM))
-    with single_threaded_blas():
+    with single_threaded_blas() as blas:
+        threads = min(blas.threads, max(1, 2 * math.prod(shape[:-2]) * mnk // _SPLIT_FROM))
         if threads == 1:
             return np.matmul(a, b, out=out)
         if out.ndim == 3 and out.shape[0] >= threads and a.shape[:-2] == b.shape[:-2] == out.shape[:1]:
