@@ -121,6 +121,7 @@ class KernelOp(Function):
     """
 
     op: str = ""
+    strided = False  # True where every kernel of `op` reads strided views itself (attention's q, k, v)
 
     @classmethod
     def apply(cls, *inputs, **params):
@@ -128,14 +129,16 @@ class KernelOp(Function):
 
     @classmethod
     def forward(cls, ctx, *arrays, **params):
-        arrays = [_contiguous(a) if a is not None and a.dtype.kind == "f" else a for a in arrays]
+        ctx.strided = cls.strided
+        if not cls.strided:
+            arrays = [_contiguous(a) if a is not None and a.dtype.kind == "f" else a for a in arrays]
         ctx.impl = kernels.get(cls.op, device_of(arrays[0]))
         out, ctx.cache = ctx.impl.forward(*arrays, **params)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        return ctx.impl.backward(_contiguous(grad), ctx.cache)
+        return ctx.impl.backward(grad if ctx.strided else _contiguous(grad), ctx.cache)
 
 
 def _on_one_device(op, inputs):

@@ -2,8 +2,8 @@
 
 Each fused op (linear, patch embedding, layernorm, gelu, softmax, attention, softmax-cross-entropy)
 is a `KernelOp` (autograd.py): its forward and backward are array kernels fetched from the
-`kernels` registry at call time, so `kernels.use(attention="cpu_v3")` changes what runs without
-touching model code. Dropout and drop-path draw their masks from `minivit.rng` and are written
+`kernels` registry at call time, so `with kernels.use(attention="cpu_v3"):` changes what runs
+without touching model code. Dropout and drop-path draw their masks from `minivit.rng` and are written
 out here.
 
 Shape letters: B batch, N tokens, D width, Hh heads, hd = D / Hh, K classes.
@@ -41,6 +41,7 @@ class Softmax(KernelOp):
 
 class Attention(KernelOp):
     op = "attention"
+    strided = True  # q, k, v reach the kernels as unbind's views: no contiguous copies of them
 
 
 class SoftmaxCrossEntropy(KernelOp):

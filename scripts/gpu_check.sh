@@ -13,6 +13,31 @@
 #      parts, this call leaves about 2 minutes: expect roughly 70-78% here, and about 80-85% from a
 #      call given to CIFAR alone; 90% needs augmentation beyond crop + flip)
 #
+# How long each part should take on an H100: an ESTIMATE, worked out from what each part runs,
+# not measured (no GPU has run this script yet; summary.json records every part's real seconds,
+# and the part limits below cut off a part that overruns):
+#   start: imports, nvidia-smi, the probe kernel                                  ~10 s
+#   1. tests (limit 200 s): NVRTC compiles each .cu file once per machine, CuPy keeps the
+#      binaries for the later parts: attention.cu with the H100's 56 instantiations, and again
+#      with an L4's set for the test of smaller tiles (~15 s each), the other files ~5 s, CuPy's
+#      own elementwise kernels for the model ~20-40 s; about 100 GPU tests at small sizes, six
+#      in-process commands on 256-512 procedural images; tests/test_device_cpu.py compiles its
+#      Numba kernels afresh (the checkout brings no Numba cache) ~30-60 s         60-150 s
+#   2. kernels_bench (limit 150 s): 13 ops at their default presets (21 cases), 1-4 GPU
+#      versions each, checked against the float64 NumPy reference on the host (the costliest part:
+#      attention at N = 1024 and the conv ops), then 7 timed runs a version and direction,
+#      at most 1 s each                                                           40-90 s
+#   3. train_step (limit 150 s): 2 models x (float32, TF32) x (5 warm-up, 5 rounds of 10 and
+#      10 split steps) on each side, about 480 steps of 5-60 ms, and torch's start ~10 s   30-60 s
+#   4. attention (limit 90 s): 10 timed runs of each version and torch SDPA at B 16, Hh 6,
+#      N 1024, hd 64, then one forward + backward each at N 256-4096 for peak memory (gpu_v1
+#      skipped at 4096; gpu_v2 there ~16x its N 1024 time)                       15-40 s
+#   5. cifar10: unpacking ~10-20 s and the probe ~20-40 s, then training for what is left of
+#      GPU_CHECK_BUDGET (480 s) less 50 s for decoding, the final evaluation and the summary:
+#      the less the longer parts 1-4 took (skipped under 30 s)                    30-300 s
+# In all: the budget, 480 s, and up to ~50 s past it (CIFAR's last epoch and evaluation), so
+# about 480-530 s, under the 600 s a call may take, even where parts 1-4 take their longest.
+#
 # Results: at most 8 files, flat, in $OUT (else runs/gpu_check): summary.json (every part's status,
 # seconds and numbers), gpu_check.log, and the PNGs kernels_bench.png, train_step.png,
 # attention.png, cifar_curves.png. Nothing is installed; minivit runs from this checkout

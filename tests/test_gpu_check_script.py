@@ -256,3 +256,28 @@ def test_no_nvidia_smi_means_a_cpu_rehearsal_unless_a_gpu_is_expected(tmp_path):
 def test_the_script_refuses_an_unknown_argument():
     result = subprocess.run(["bash", str(SCRIPT), "--fast"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "unknown argument --fast" in result.stderr
+
+
+def test_the_header_estimates_how_long_each_part_takes_on_an_h100_within_the_calls_600_s():
+    """The one call for a GPU machine says what each default part should take on an H100,
+    labelled an estimate; parts 1-4 at their longest leave CIFAR's training some of the budget
+    (the budget, not they, sets the call's length), and the total it states is under 600 s."""
+    import re
+
+    text = SCRIPT.read_text()
+    header = text[:text.index("set -uo pipefail")]
+    block = header[header.index("ESTIMATE"):]
+    assert "H100" in header and "not measured" in header
+    parts = re.search(r'GPU_CHECK_PARTS:-([a-z0-9_ ]+)\}', text).group(1).split()
+    upper = {}
+    for part in parts:
+        entry = re.search(rf"#\s+\d\. {part}\b.*?(?=#\s+\d\. |# In all)", block, re.S)
+        assert entry, f"no estimate for the part {part}"
+        ranges = re.findall(r"(\d+)-(\d+) s", entry.group(0))
+        assert ranges, f"the estimate for {part} gives no range of seconds"
+        upper[part] = int(ranges[-1][1])
+    budget = int(re.search(r'BUDGET="\$\{GPU_CHECK_BUDGET:-(\d+)\}"', text).group(1))
+    start = int(re.search(r"~(\d+) s\n", block).group(1))
+    assert start + sum(v for k, v in upper.items() if k != "cifar10") < budget - 50, upper
+    low, high = (int(x) for x in re.search(r"about (\d+)-(\d+) s, under the 600 s", block).groups())
+    assert low == budget and high <= 600

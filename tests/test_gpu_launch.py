@@ -12,10 +12,11 @@
   would read the wrong bits), wrong shapes and strided arrays they write in place, with the op,
   what was expected and what was given in the message, before any launch; arrays they only read
   are made contiguous (a strided view used to be read as its base buffer).
-- shared memory: the flash v3 kernels' shared-memory formula against the opt-in limits of an
-  H100 (227 KiB), an A100 (163 KiB) and an L4 or RTX 4090 (99 KiB), and the refusal, naming
-  gpu_v2, where a card has too little.
+- no copies of q, k, v: attention v2 and v3 hand the kernels unbind's strided views themselves,
+  with their strides (the stand-ins read through them), and keep the views, not copies, for the
+  backward; only operands a kernel cannot read in place are copied.
 
+tests/test_gpu_cards.py tests what each launch takes from the card (tiles, block sizes);
 tests/test_gpu.py runs the kernels themselves on a GPU.
 """
 from __future__ import annotations
@@ -32,6 +33,7 @@ from kernels.gpu import optim as goptim
 from kernels.gpu import runtime
 
 X_MAX, YZ_MAX = 2**31 - 1, 65535
+H100 = 232448  # an H100's shared memory per block (cudaDevAttrMaxSharedMemoryPerBlockOptin)
 
 
 def _within_limits(grid):
@@ -173,15 +175,26 @@ def test_kernel_product_with_chunked_launches_equals_numpy_and_writes_every_elem
     assert written.once(out)
 
 
-# attention: stand-ins that compute, per head blockIdx.y of their grid, what attention.cu's
-# kernels compute, reading every array as a bare pointer to dense (heads, N, hd) data
-def _fake_attention(written):
+# attention: stand-ins that compute, per head bh0 + blockIdx.y of their grid, what attention.cu's
+# kernels compute, reading q, k, v (and dO) as attention.cu does, through the element strides
+# passed, and writing dense outputs
+def _heads_in(X, Hh, strides, bh0, H, N, hd):
+    """Heads bh0 .. bh0 + H - 1 of an input read in place: [(N, hd) view per head]."""
+    sb, sh, sn = (int(x) for x in strides)
+    B = (bh0 + H - 1) // Hh + 1
+    x = _raw(X, (B, int(Hh), N, hd), (sb, sh, sn, 1))
+    return [x[bh // Hh, bh % Hh] for bh in range(bh0, bh0 + H)]
+
+
+def _fake_attention(written, seen=None):
     def forward(grid, block, args, shared_mem=0):
         runtime.check_grid(grid)
-        Q, K, V, O, LSE, N, hd, scale = args
-        H, N, hd = grid[1], int(N), int(hd)
-        q, k, v, o = (_raw(x, (H, N, hd)) for x in (Q, K, V, O))
-        lse = _raw(LSE, (H, N))
+        Q, K, V, O, LSE, N, hd, scale, Hh, sb, sh, sn, bh0 = args
+        H, N, hd, bh0 = grid[1], int(N), int(hd), int(bh0)
+        if seen is not None:
+            seen.append(args)
+        q, k, v = (_heads_in(x, Hh, (sb, sh, sn), bh0, H, N, hd) for x in (Q, K, V))
+        o, lse = _raw(O, (bh0 + H, N, hd))[bh0:], _raw(LSE, (bh0 + H, N))[bh0:]
         for h in range(H):
             s = scale * q[h] @ k[h].T
             m = s.max(axis=1, keepdims=True)
@@ -192,16 +205,19 @@ def _fake_attention(written):
 
     def rowdot(grid, block, args, shared_mem=0):
         runtime.check_grid(grid)
-        A, B, OUT, rows, hd = args
-        _raw(OUT, (int(rows),))[:] = (_raw(A, (int(rows), int(hd))) * _raw(B, (int(rows), int(hd)))).sum(axis=1)
+        A, Bd, OUT, rows, N, hd, Hh, sb, sh, sn = args
+        N, hd = int(N), int(hd)
+        a = np.stack(_heads_in(A, Hh, (sb, sh, sn), 0, int(rows) // N, N, hd))
+        _raw(OUT, (int(rows),))[:] = (a.reshape(-1, hd) * _raw(Bd, (int(rows), hd))).sum(axis=1)
 
     def backward(grid, block, args, shared_mem=0):
         runtime.check_grid(grid)
-        Q, K, V, G, LSE, D, *outs, N, hd, scale = args
-        H, N, hd = grid[1], int(N), int(hd)
-        q, k, v, g = (_raw(x, (H, N, hd)) for x in (Q, K, V, G))
-        lse, d = _raw(LSE, (H, N)), _raw(D, (H, N))
-        outs = [_raw(x, (H, N, hd)) for x in outs]
+        Q, K, V, G, LSE, D, *outs, N, hd, scale, Hh, sb, sh, sn, gb, gh, gn, bh0 = args
+        H, N, hd, bh0 = grid[1], int(N), int(hd), int(bh0)
+        q, k, v = (_heads_in(x, Hh, (sb, sh, sn), bh0, H, N, hd) for x in (Q, K, V))
+        g = _heads_in(G, Hh, (gb, gh, gn), bh0, H, N, hd)
+        lse, d = _raw(LSE, (bh0 + H, N))[bh0:], _raw(D, (bh0 + H, N))[bh0:]
+        outs = [_raw(x, (bh0 + H, N, hd))[bh0:] for x in outs]
         for h in range(H):
             p = np.exp(scale * q[h] @ k[h].T - lse[h][:, None])
             ds = p * (g[h] @ v[h].T - d[h][:, None])
@@ -212,7 +228,7 @@ def _fake_attention(written):
             for x in outs:
                 written.add(x[h])
 
-    def function(file, name, shared=0):
+    def function(file, name, shared=0, names=None):
         if name.startswith(("attn_fwd_v2", "flash_fwd_v3")):
             return forward
         if name.startswith("attn_rowdot"):
@@ -223,20 +239,22 @@ def _fake_attention(written):
 
 
 def _qkv(B=3, Hh=3, N=5, hd=4, seed=0):
-    """q, k, v as unbind gives them: strided views of one (B, N, 3, Hh, hd) array."""
+    """q, k, v as unbind gives them: strided views of one (B, N, 3, Hh, hd) array; and a gradient
+    as the transpose before the output projection gives it, a (B, Hh, N, hd) view of (B, N, Hh, hd)."""
     rng = np.random.default_rng(seed)
     qkv = rng.standard_normal((B, N, 3, Hh, hd)).transpose(2, 0, 3, 1, 4)  # (3, B, Hh, N, hd), a view
-    return qkv[0], qkv[1], qkv[2], rng.standard_normal((B, Hh, N, hd))
+    return qkv[0], qkv[1], qkv[2], rng.standard_normal((B, N, Hh, hd)).transpose(0, 2, 1, 3)
 
 
 @pytest.mark.parametrize("version", ["v2", "v3"])
 def test_attention_over_head_chunks_from_strided_views_equals_the_reference(version, small_grid, monkeypatch):
-    """9 heads in launches of at most 2, q, k, v strided views (unbind's): forward and backward
-    equal the float64 reference, and each output element is written once."""
+    """9 heads in launches of at most 2, q, k, v and the gradient strided views (unbind's, a
+    transpose's) read in place through their strides: forward and backward equal the float64
+    reference, and each output element is written once."""
     from kernels.reference import attention as ref
 
     q, k, v, g = _qkv()
-    assert not q.flags.c_contiguous
+    assert not q.flags.c_contiguous and not g.flags.c_contiguous
     written = Written()
     monkeypatch.setattr(runtime, "function", _fake_attention(written))
     monkeypatch.setattr(runtime, "max_shared_bytes", lambda: H100)
@@ -250,6 +268,33 @@ def test_attention_over_head_chunks_from_strided_views_equals_the_reference(vers
     np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-12)
     for got, exp in zip(grads, ref.attention_backward(g, rcache)):
         np.testing.assert_allclose(got, exp, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("version", ["v2", "v3"])
+def test_attention_forward_hands_the_kernel_unbinds_views_without_copying_them(version, monkeypatch):
+    """The kernel's q, k, v are the views themselves (their first elements, one buffer, the strides
+    of the (B, N, 3, Hh, hd) layout), and the cache keeps those views for the backward: no copy."""
+    q, k, v, _ = _qkv(B=2, Hh=3, N=7, hd=4)
+    seen = []
+    monkeypatch.setattr(runtime, "function", _fake_attention(Written(), seen))
+    monkeypatch.setattr(runtime, "max_shared_bytes", lambda: H100)
+    out, cache = getattr(gatt, f"{version}_forward")(q, k, v, 0.5)
+    (Q, K, V, *_, Hh, sb, sh, sn, bh0), = seen
+    assert (Q, K, V) == (q, k, v) and all(x is y for x, y in zip((Q, K, V), (q, k, v)))
+    assert (int(Hh), int(sb), int(sh), int(sn)) == (3, 7 * 3 * 3 * 4, 4, 3 * 3 * 4)
+    assert all(x is y for x, y in zip(cache[:3], (q, k, v)))
+    assert out.flags.c_contiguous and not np.shares_memory(out, q.base)
+
+
+def test_operands_the_kernels_cannot_read_in_place_are_copied_and_the_rest_are_not():
+    q, k, v, g = _qkv()
+    same = gatt._operands("t", q, k, v, g)
+    assert all(a is b for a, b in zip(same, (q, k, v, g)))
+    mixed = gatt._operands("t", q, np.ascontiguousarray(k), v, g)  # strides differ: one layout for all three
+    assert all(a.flags.c_contiguous for a in mixed[:3]) and mixed[3] is g
+    fortran = np.asfortranarray(np.ones((2, 3, 5, 4)))  # hd not dense: copied
+    assert gatt.head_strides(fortran) is None and gatt.head_strides(q) == (5 * 3 * 3 * 4, 4, 3 * 3 * 4)
+    assert all(a.flags.c_contiguous for a in gatt._operands("t", fortran, fortran, fortran)[:3])
 
 
 # ---------------------------------------------------------------- entry checks
@@ -301,7 +346,8 @@ def _f(*shape, dtype=np.float32):
     (lambda: gatt.v3_backward(_f(1, 2, 5, 4, dtype=np.float64), (_f(1, 2, 5, 4), _f(1, 2, 5, 4), _f(1, 2, 5, 4),
                                                                  _f(1, 2, 5, 4), _f(1, 2, 5), 0.5)),
      TypeError, "attention gpu_v3 backward: grad is float64"),
-    (lambda: gatt.rowdot(_f(2, 3), _f(2, 4)), ValueError, r"attention rowdot: b has shape \(2, 4\)"),
+    (lambda: gatt.rowdot(_f(1, 1, 2, 3), _f(1, 1, 2, 4)), ValueError,
+     r"attention rowdot: o has shape \(1, 1, 2, 4\), expected \(1, 1, 2, 3\)"),
     (lambda: gdense.kernel_product("matmul_v3", _f(3, 4), _f(4, 5, dtype=np.float64)), TypeError,
      r"matmul \(matmul_v3\): b is float64, expected float32"),
     (lambda: gdense.kernel_product("matmul_v3", _f(3, 4), _f(4, 5), bias=_f(4)), ValueError,
@@ -350,46 +396,3 @@ def test_strided_inputs_reach_the_kernel_contiguous(monkeypatch):
     np.testing.assert_array_equal(seen["gelu_fwd_v2"], x.reshape(-1))
     gnorm.layernorm_v2_forward(x, np.ones(3), np.zeros(3))
     assert seen["layernorm_fwd_v2"].flags.c_contiguous and (seen["layernorm_fwd_v2"] == x).all()
-
-
-# ---------------------------------------------------------------- shared memory of flash v3
-H100, A100, L4 = 227 * 1024, 163 * 1024, 99 * 1024  # cudaDevAttrMaxSharedMemoryPerBlockOptin
-
-
-def test_v3_shared_memory_formula_counts_attention_cu_s_arrays():
-    """Counted off attention.cu's pointer layout: the dk/dv kernel has K, V, Q, dO tiles of 64 x
-    (HD + 1), P^T and dS^T of 64 x 65, lse and D of 64; the issue's figure, 200,704 B in float64
-    at hd 64; the forward Q, K, V tiles and P; the dq kernel Q, dO, K, V tiles and dS."""
-    assert gatt.v3_shared_bytes("flash_bwd_dkdv_v3", np.float64, 64) == 200_704
-    assert gatt.v3_shared_bytes("flash_bwd_dkdv_v3", np.float32, 80) == (4 * 64 * 81 + 2 * 64 * 65 + 2 * 64) * 4
-    assert gatt.v3_shared_bytes("flash_fwd_v3", np.float32, 60) == (3 * 64 * 65 + 64 * 65) * 4  # 60 -> 64
-    assert gatt.v3_shared_bytes("flash_bwd_dq_v3", np.float64, 128) == (4 * 64 * 129 + 64 * 65) * 8
-
-
-@pytest.mark.parametrize("limit, dtype, fits, does_not", [
-    (H100, np.float32, range(16, 129, 16), []),
-    (H100, np.float64, range(16, 65, 16), range(80, 129, 16)),
-    (A100, np.float32, range(16, 129, 16), []),
-    (A100, np.float64, [16, 32], range(48, 129, 16)),          # float64 hd 64 backward: 200,704 > 166,912
-    (L4, np.float32, range(16, 65, 16), range(80, 129, 16)),   # float32 hd 80 and 128 exceed 99 KiB
-    (L4, np.float64, [], range(16, 129, 16)),                  # the float64 backward fits nowhere below 100 KiB
-])
-def test_which_head_widths_the_v3_backward_fits_on_h100_a100_and_l4(limit, dtype, fits, does_not):
-    """What the fixed 64-row tiles of attention.cu allow per card (smaller tiles need a .cu
-    change: the tile rows as a template parameter). The float32 forward fits on the H100 and the
-    A100 at every width, on an L4 up to hd 96 (115,712 B at hd 128)."""
-    assert all(gatt.v3_fits(limit, dtype, hd) for hd in fits)
-    assert not any(gatt.v3_fits(limit, dtype, hd) for hd in does_not)
-    if dtype == np.float32:
-        forward = [hd for hd in range(16, 129, 16) if gatt.v3_fits(limit, dtype, hd, backward=False)]
-        assert forward == (list(range(16, 97, 16)) if limit == L4 else list(range(16, 129, 16)))
-
-
-def test_v3_refuses_clearly_where_the_card_has_too_little_shared_memory(monkeypatch, no_launch):
-    monkeypatch.setattr(runtime, "max_shared_bytes", lambda: A100)
-    x = np.ones((1, 1, 3, 64))
-    cache = (x, x, x, x, np.zeros((1, 1, 3)), 0.125)
-    monkeypatch.setattr(gatt, "rowdot", lambda a, b: np.zeros(a.shape[:-1]))
-    with pytest.raises(ValueError, match=r"gpu_v3 \(flash_bwd_dkdv_v3\) needs 200704 bytes .* float64 at hd=64, "
-                                         r"this GPU allows 166912.*gpu_v2"):
-        gatt.v3_backward(x, cache)

@@ -1,12 +1,15 @@
 """The GPU kernels' CUDA C compiles, without a GPU: every .cu file in kernels/gpu/ compiles with
 nvcc for sm_90 (Hopper) with warnings as errors, every template instantiation the Python side
-launches included (kernels.gpu.DECLARED), and, where libnvrtc is installed, with NVRTC, the
+may launch included (kernels.gpu.DECLARED), and, where libnvrtc is installed, with NVRTC, the
 compiler CuPy uses at run time, with the options CuPy really passes (kernels.gpu.runtime
-.nvrtc_options(): ours, then CuPy's -ftz=true and --device-as-default-execution-space, then
--arch=sm_90, a cubin, as CuPy builds for an H100; the PTX also shows float32 flushed to zero). So a
-syntax or type error in a kernel fails here (and in CI, which has nvcc), not first on a GPU
-machine. Also: the declarations and the sources agree, and importing minivit and kernels never
-imports CuPy.
+.nvrtc_options(): ours and the include path of the shared headers, then CuPy's -ftz=true and
+--device-as-default-execution-space, then -arch=sm_90, a cubin, as CuPy builds for an H100; the
+PTX also shows float32 flushed to zero), on the text CuPy gets (runtime.source: the file and its
+headers' digests). attention.cu compiles, per card, exactly the module CuPy builds there: the
+flash tiles an H100 (sm_90, 227 KiB a block), an A100 (sm_80, 163 KiB) or an L4 (sm_89, 99 KiB)
+chooses. So a syntax or type error in a kernel fails here (and in CI, which has nvcc), not first
+on a GPU machine. Also: the declarations and the sources agree, the headers the .cu files include
+are there, and importing minivit and kernels never imports CuPy.
 
 Without nvcc (or libnvrtc) those tests skip with the reason. MINIVIT_NVRTC=/path/to/libnvrtc.so
 points the NVRTC test at a library outside the usual places.
@@ -91,14 +94,15 @@ def _find_nvrtc():
 NVRTC = _find_nvrtc()
 
 
-def _nvrtc_compile(lib, name, arch="sm_90"):
-    """(result code, log, PTX or None) of NVRTC on kernels/gpu/<name> with its declared name
-    expressions and the options CuPy passes for a card of `arch` (PTX only for a compute_ arch)."""
+def _nvrtc_compile(lib, name, arch="sm_90", names=None):
+    """(result code, log, PTX or None) of NVRTC on kernels/gpu/<name> as CuPy gets it, with `names`
+    (default: its declared name expressions) and the options CuPy passes for a card of `arch` (PTX
+    only for a compute_ arch)."""
     prog = ctypes.c_void_p()
-    source = (GPU_DIR / name).read_bytes()
+    source = gpu.runtime.source(name).encode()
     assert lib.nvrtcCreateProgram(ctypes.byref(prog), source, name.encode(), 0, None, None) == 0
     try:
-        for expr in gpu.DECLARED[name]:
+        for expr in gpu.DECLARED[name] if names is None else names:
             assert lib.nvrtcAddNameExpression(prog, expr.encode()) == 0
         options = [o.encode() for o in gpu.runtime.nvrtc_options(arch)]
         code = lib.nvrtcCompileProgram(prog, len(options), (ctypes.c_char_p * len(options))(*options))
@@ -117,21 +121,65 @@ def _nvrtc_compile(lib, name, arch="sm_90"):
         lib.nvrtcDestroyProgram(ctypes.byref(prog))
 
 
-def test_the_nvrtc_options_are_ours_then_what_cupy_appends():
+def test_the_nvrtc_options_are_ours_and_the_include_path_then_what_cupy_appends():
     """CuPy appends -ftz=true after the caller's options on every compile (cupy/cuda/compiler.py),
     so the compile test must pass it too, and our options must not ask for fast math."""
     options = gpu.runtime.nvrtc_options("sm_90")
-    assert options[:len(gpu.runtime.OPTIONS)] == gpu.runtime.OPTIONS
-    assert options[len(gpu.runtime.OPTIONS):] == ("-ftz=true", "--device-as-default-execution-space", "-arch=sm_90")
+    ours = gpu.runtime.OPTIONS + gpu.runtime.INCLUDE
+    assert options[:len(ours)] == ours and gpu.runtime.INCLUDE == (f"-I{GPU_DIR}",)
+    assert options[len(ours):] == ("-ftz=true", "--device-as-default-execution-space", "-arch=sm_90")
     assert not any("fast" in o or "prec-" in o or "fmad" in o or "ftz" in o for o in gpu.runtime.OPTIONS)
 
 
 @pytest.mark.skipif(NVRTC is None, reason="libnvrtc not found (set MINIVIT_NVRTC=/path/to/libnvrtc.so)")
-@pytest.mark.parametrize("name", CU_FILES)
+@pytest.mark.parametrize("name", [n for n in CU_FILES if n != "attention.cu"])
 def test_every_cu_file_compiles_with_nvrtc_as_cupy_compiles_it(name):
     code, log, _ = _nvrtc_compile(NVRTC, name)
     assert code == 0, f"NVRTC failed on {name}:\n{log[-4000:]}"
     assert "warning" not in log.lower(), f"NVRTC warned on {name}:\n{log[-4000:]}"
+
+
+# cudaDevAttrMaxSharedMemoryPerBlockOptin of each card, and its architecture
+CARDS = {"H100": (232448, "sm_90"), "A100": (166912, "sm_80"), "L4": (101376, "sm_89")}
+
+
+@pytest.mark.skipif(NVRTC is None, reason="libnvrtc not found (set MINIVIT_NVRTC=/path/to/libnvrtc.so)")
+@pytest.mark.parametrize("card", CARDS)
+def test_attention_cu_compiles_with_nvrtc_with_the_flash_tiles_each_card_chooses(card):
+    """The module CuPy builds for attention.cu on this card: v2, and every v3 kernel at the tile
+    rows kernels.gpu.attention.v3_tile chooses for the card's shared memory, for its architecture.
+    The L4 takes 32- and 16-row tiles that the H100 never does (float64 hd 64 backward: 16)."""
+    limit, arch = CARDS[card]
+    names = gpu.attention.compiled_names(limit)
+    assert set(names) <= set(gpu.DECLARED["attention.cu"])
+    code, log, _ = _nvrtc_compile(NVRTC, "attention.cu", arch=arch, names=names)
+    assert code == 0, f"NVRTC failed on attention.cu for the {card}'s tiles:\n{log[-4000:]}"
+    assert "warning" not in log.lower(), f"NVRTC warned on attention.cu for the {card}'s tiles:\n{log[-4000:]}"
+
+
+def test_every_header_a_cu_file_includes_is_in_kernels_gpu_and_its_digest_is_in_the_source():
+    """The .cu files include reduce.cuh and typed_math.cuh by name (NVRTC finds them through
+    runtime.INCLUDE); CuPy's kernel cache hashes the source text only, so runtime.source appends
+    each header's digest: the warp reductions are defined once, in reduce.cuh."""
+    for name in CU_FILES:
+        text = (GPU_DIR / name).read_text()
+        for header in gpu.runtime.LOCAL_INCLUDE.findall(text):
+            assert (GPU_DIR / header).is_file(), f"{name} includes {header}, which is not in kernels/gpu"
+            assert f"// {header} " in gpu.runtime.source(name)
+        assert "__shfl_xor_sync" not in text, f"{name} defines a warp reduction of its own; use reduce.cuh"
+    attention = (GPU_DIR / "attention.cu").read_text()
+    assert {"reduce.cuh", "typed_math.cuh"} <= set(gpu.runtime.LOCAL_INCLUDE.findall(attention))
+
+
+def test_the_source_cupy_gets_changes_when_an_included_header_changes(tmp_path):
+    (tmp_path / "k.cu").write_text('#include "h.cuh"\n__global__ void k() {}\n')
+    (tmp_path / "h.cuh").write_text("#pragma once\n")
+    before = gpu.runtime.source("k.cu", tmp_path)
+    assert before.startswith((tmp_path / "k.cu").read_text())
+    (tmp_path / "h.cuh").write_text("#pragma once\n// edited\n")
+    assert gpu.runtime.source("k.cu", tmp_path) != before
+    (tmp_path / "plain.cu").write_text("__global__ void k() {}\n")
+    assert gpu.runtime.source("plain.cu", tmp_path) == "__global__ void k() {}\n"
 
 
 @pytest.mark.skipif(NVRTC is None, reason="libnvrtc not found (set MINIVIT_NVRTC=/path/to/libnvrtc.so)")

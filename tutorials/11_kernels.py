@@ -67,10 +67,11 @@ print("\nruns now:", kernels.selection())
 # %% [markdown]
 # ## Swapping one, and reading mode
 #
-# `kernels.use(op=name)` selects an implementation; as a context manager it restores the
-# previous choice on exit. A bare name selects it for every op that has it:
-# `kernels.use("reference")` runs every op's plain NumPy reference, the code to read and step
-# through in a debugger (`MINIVIT_KERNELS=reference` does it for a whole run).
+# `with kernels.use(op=name):` selects an implementation for the block and restores the
+# previous choice on exit; `kernels.select(op=name)` chooses for the rest of the program. A bare
+# name selects it for every op that has it: `with kernels.use("reference"):` runs every op's plain
+# NumPy reference, the code to read and step through in a debugger (`MINIVIT_KERNELS=reference`
+# does it for a whole run).
 
 # %%
 with kernels.use(attention="cpu_v1"):

@@ -235,7 +235,7 @@ if GPU:
 
     trainer = Trainer(TrainConfig(model="vit_testing", dataset="procedural", num_samples=256, val_size=0, epochs=1,
                                   batch_size=64, out_dir=str(OUT / "run"), device="cuda", progress=False,
-                                  eval_test=False))
+                                  eval_test="never"))
     batches = [b for b, _ in zip(trainer.train_loader.epoch(0), range(4))]
     assert all(device.device_of(y) == "gpu" for _, y in batches)  # the labels travel with their images
     trainer.train_step(*batches[0])  # the first step compiles

@@ -17,23 +17,39 @@ gpu_v2  one warp per row, fused: a query row's scores live in shared memory, nev
         recomputes P row by row, once for dq (a warp per query row) and once for dk, dv (a warp
         per key row): memory linear in N, but every score is a 32-lane loop over hd, each k and
         v row is read by every query row (through L1/L2), and nothing is reused in registers.
-gpu_v3  flash-style tiles (Dao et al. 2022; FlashAttention-2's backward, Dao 2023): 64 x 64 tiles
-        in shared memory, each of 256 threads holding a 4 x 4 block of scores and 4 rows of the
-        output accumulators in registers, an online softmax (running max and sum per row,
-        exp2 on log2-scaled scores); forward saves out and lse; backward one kernel per key
-        tile (dk, dv) and one per query tile (dq), both recomputing P from q, k and lse, no
-        atomics. Memory linear in N; plain FP32 FMA (no tensor cores), float32-exact. Head width
-        up to 128 (rounded up to 16 inside, in float64 up to 64 for the backward's shared memory).
+gpu_v3  flash-style tiles (Dao et al. 2022; FlashAttention-2's backward, Dao 2023): tiles of 64
+        rows (or 32, or 16: below) in shared memory, 256 threads each holding an R x R block of
+        scores (R = rows / 16: 4 x 4 at 64 rows) and R rows of the output accumulators in
+        registers, an online softmax (running max and sum per row, exp2 on log2-scaled scores);
+        forward saves out and lse; backward one kernel per key tile (dk, dv) and one per query
+        tile (dq), both recomputing P from q, k and lse, no atomics. Memory linear in N; plain
+        FP32 FMA (no tensor cores), float32-exact. Head width up to 128 (rounded up to 16 inside).
+
+Tiles per card (v3_tile). A kernel's shared memory grows with its tile rows and the head width
+(v3_shared_bytes: the float64 dk/dv kernel at hd 64 needs 200,704 B with 64-row tiles), and a card
+allows a block only so much (cudaDevAttrMaxSharedMemoryPerBlockOptin: 227 KiB on an H100, 163 KiB
+on an A100, 99 KiB on an L4 or RTX 4090, 64 KiB on a T4, 48 KiB on the oldest cards CuPy runs on).
+Each kernel takes the largest of 64, 32 or 16 rows whose shared memory fits this card (chosen per
+kernel: the forward saves lse per row, so the backward may tile differently). So float32 runs at
+every width on every card, float64 on every card with 96 KiB or more; only float64's widest heads
+on small cards (hd 128 backward on a T4, hd 96-128 on a 48 KiB card) find no tile that fits, and
+there v3 refuses, naming gpu_v2. The tile rows are a template parameter of attention.cu; a process
+compiles the instantiations its card chooses (compiled_names), out of those some card allowing 48
+to 227 KiB can choose (DECLARED, which the compile tests build). A smaller tile reuses each k and v
+tile for fewer query rows (16 rather than 64), so it moves more bytes per flop: what that costs on
+an A100 or an L4 is owed to a GPU run (gpu_check.sh times v3 at the H100's tiles; tests/test_gpu.py
+checks every tile there by lowering the limit it reads).
+
+Layout. q, k, v are read where they lie: the kernels take the element strides of a (B, Hh, N, hd)
+array whose last axis is dense (unbind's q, k, v views of one (B, N, 3, Hh, hd) projection; the
+backward's dO, a transpose's view, has its own), so nothing is copied to feed them; only q, k, v
+with different strides from one another, or a last axis that is not dense, are copied first
+(_operands). The outputs (out, lse, dq, dk, dv) are dense.
 
 Launches (v2, v3): the kernels read blockIdx.y as the head, and grid y stops at 65,535, so the
-heads go in chunks of at most 65,535, one launch each on views that start at the chunk's first
-head (head_launches; B * Hh = 98,304 at inference with 8192 images x 12 heads is two). Entry:
-q, k, v and the gradient must share one float dtype and shape; strided ones (unbind's views) are
-copied to C order first, since a kernel walks a bare pointer. v3's shared memory per block
-(v3_shared_bytes) must fit the card's opt-in limit: its 64-row tiles are fixed in attention.cu, so
-the float64 backward needs 200,704 B at hd 64 (an H100's 227 KiB, not an A100's 163 KiB) and the
-float32 backward at hd 80 or more exceeds an L4's or RTX 4090's 99 KiB; there v3 refuses and names
-gpu_v2.
+heads go in chunks of at most 65,535, one launch each, given the chunk's first head
+(head_launches; B * Hh = 98,304 at inference with 8192 images x 12 heads is two). Entry: q, k, v
+and the gradient must share one float dtype and shape.
 
 Cache conventions as on the CPU: v1 keeps (q, k, v, P, scale); v2 and v3 keep
 (q, k, v, out, lse, scale), never an N x N array.
@@ -49,6 +65,8 @@ Default (kernels/registry.py): gpu_v3.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..registry import register
@@ -56,11 +74,12 @@ from . import runtime
 from .runtime import ctype, xp_of
 
 WIDTHS = tuple(range(16, 129, 16))  # v3's template head widths (hd rounded up to one of these)
-DECLARED = {"attention.cu": [f"{k}<{t}>" for k in ("attn_rowdot", "attn_fwd_v2", "attn_bwd_dq_v2", "attn_bwd_dkdv_v2")
-                             for t in ("float", "double")]
-            + [f"{k}<{t}, {w}>" for k in ("flash_fwd_v3", "flash_bwd_dkdv_v3", "flash_bwd_dq_v3")
-               for t in ("float", "double") for w in WIDTHS]}
-FB = 64  # rows of a v3 tile
+TILES = (64, 32, 16)  # v3's tile rows, largest first: each kernel takes the largest that fits the card
+V3_KERNELS = ("flash_fwd_v3", "flash_bwd_dkdv_v3", "flash_bwd_dq_v3")
+MIN_SHARED = 48 * 1024  # shared memory per block that every card CuPy supports allows
+MAX_SHARED = 227 * 1024  # the most any card allows a block (Hopper's and Blackwell's opt-in limit)
+V2_DECLARED = [f"{k}<{t}>" for k in ("attn_rowdot", "attn_fwd_v2", "attn_bwd_dq_v2", "attn_bwd_dkdv_v2")
+               for t in ("float", "double")]
 
 
 def _check(q, k, v):
@@ -69,13 +88,42 @@ def _check(q, k, v):
     return q.shape[0] * q.shape[1], q.shape[2], q.shape[3]  # heads, N, hd
 
 
+def head_strides(a):
+    """(sb, sh, sn): the element strides of a (B, Hh, N, hd) array that a kernel can read in place
+    (last axis dense, strides whole, non-negative elements), else None."""
+    item = a.itemsize
+    if a.shape[-1] > 1 and a.strides[-1] != item:
+        return None
+    if any(s < 0 or s % item for s in a.strides[:3]):
+        return None
+    return tuple(s // item for s in a.strides[:3])
+
+
 def _operands(op, q, k, v, grad=None):
     """The raw kernels' entry check: q, k, v (and grad) of one float dtype and one (B, Hh, N, hd)
-    shape, returned C-contiguous (the kernels walk bare pointers as dense heads; a strided view,
-    such as one of unbind's q, k, v, is copied here, explicitly, rather than read as its base)."""
+    shape. They are passed as they are where the kernels can read them in place (q, k, v with one
+    set of strides, dense along hd, as unbind's views are; grad with its own); otherwise copied,
+    explicitly, to C order here."""
     _check(q, k, v)
     runtime.check_operands(op, {"q": q, "k": k, "v": v, "grad": grad}, shapes={"grad": q.shape})
-    return runtime.contiguous(q, k, v, grad)
+    if head_strides(q) is None or not q.strides == k.strides == v.strides:
+        q, k, v = runtime.contiguous(q, k, v)
+    if grad is not None and head_strides(grad) is None:
+        grad = runtime.contiguous(grad)
+    return q, k, v, grad
+
+
+def _layout(x, with_heads=True):
+    """The kernel arguments that say where x's heads lie: (Hh, sb, sh, sn), or (sb, sh, sn) for dO."""
+    strides = tuple(np.int64(s) for s in head_strides(x))
+    return ((np.int32(x.shape[1]),) if with_heads else ()) + strides
+
+
+def _scalars(q, scale, grad=None):
+    """The v2 and v3 kernels' arguments after their arrays: N, hd, scale, where the heads of q, k,
+    v lie, and (backward) where dO's do."""
+    return ((np.int32(q.shape[2]), np.int32(q.shape[3]), runtime.scalar(q.dtype, scale), *_layout(q))
+            + (() if grad is None else _layout(grad, False)))
 
 
 def head_launches(BH, N, rows_per_block):
@@ -86,28 +134,41 @@ def head_launches(BH, N, rows_per_block):
 
 
 def _launch_heads(kernel, rows_per_block, threads, arrays, scalars, shared):
-    """kernel over every head, one launch per head_launches chunk, each given the views of its
-    heads: arrays are C-contiguous (B, Hh, ...), so heads h0 .. h1 - 1 are one dense block that
-    starts at head h0, and the kernel's blockIdx.y counts heads from there."""
+    """kernel over every head, one launch per head_launches chunk; the kernel gets the whole arrays
+    and the chunk's first head h0 as its last argument, and reads blockIdx.y as head h0 + y."""
     B, Hh, N = arrays[0].shape[:3]
-    heads = [a.reshape((B * Hh,) + a.shape[2:]) for a in arrays]
     for grid, h0, h1 in head_launches(B * Hh, N, rows_per_block):
-        kernel(grid, (threads,), tuple(a[h0:h1] for a in heads) + scalars, shared_mem=shared)
+        kernel(grid, (threads,), tuple(arrays) + scalars + (np.int64(h0),), shared_mem=shared)
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_names(limit):
+    """The instantiations of attention.cu one card compiles, given its shared memory per block:
+    v2's, and each v3 kernel at the tile rows v3_tile chooses there."""
+    chosen = [v3_instance(n, t, w, v3_tile(n, t, w, limit)) for n in V3_KERNELS for t in (np.float32, np.float64)
+              for w in WIDTHS if v3_tile(n, t, w, limit)]
+    return tuple(V2_DECLARED + chosen)
 
 
 def _fn(name, dtype, shared=0):
-    return runtime.function("attention.cu", f"{name}<{ctype(dtype)}>", shared)
+    return runtime.function("attention.cu", f"{name}<{ctype(dtype)}>", shared,
+                            names=compiled_names(runtime.max_shared_bytes()))
 
 
-def rowdot(a, b):
-    """(..., hd) x (..., hd) -> (...): the row dot products D_i = dO_i . O_i."""
-    runtime.check_operands("attention rowdot", {"a": a, "b": b}, shapes={"b": a.shape})
-    a, b = runtime.contiguous(a, b)
-    out = xp_of(a).empty(a.shape[:-1], a.dtype)
+def rowdot(g, o):
+    """(B, Hh, N, hd) x (B, Hh, N, hd) -> (B, Hh, N): the row dot products D_i = dO_i . O_i, with g
+    (dO) read in place and o (out) dense."""
+    runtime.check_operands("attention rowdot", {"g": g, "o": o}, shapes={"o": g.shape})
+    if g.ndim != 4:
+        raise ValueError(f"attention rowdot wants (B, Hh, N, hd) arrays, got shape {g.shape}")
+    o = runtime.contiguous(o)
+    g = g if head_strides(g) is not None else runtime.contiguous(g)
+    out = xp_of(g).empty(g.shape[:3], g.dtype)
     rows = out.size
     if rows:
         grid = (runtime.blocks_for(rows, 8, cap=65535),)
-        _fn("attn_rowdot", a.dtype)(grid, (256,), (a, b, out, np.int64(rows), np.int32(a.shape[-1])))
+        _fn("attn_rowdot", g.dtype)(grid, (256,), (g, o, out, np.int64(rows), np.int32(g.shape[2]),
+                                                   np.int32(g.shape[3]), *_layout(g)))
     return out
 
 
@@ -141,12 +202,11 @@ def v2_forward(q, k, v, scale):
     xp = xp_of(q)
     q, k, v, _ = _operands("attention gpu_v2 forward", q, k, v)
     BH, N, hd = _check(q, k, v)
-    out = xp.empty_like(q)
+    out = xp.empty(q.shape, q.dtype)  # dense, whatever q's strides (empty_like would copy them)
     lse = xp.empty(q.shape[:3], q.dtype)  # (B, Hh, N)
     if q.size:
         shared = _v2_shared(hd + N, q.dtype)
-        _launch_heads(_fn("attn_fwd_v2", q.dtype, shared), 4, 128, (q, k, v, out, lse),
-                      (np.int32(N), np.int32(hd), runtime.scalar(q.dtype, scale)), shared)
+        _launch_heads(_fn("attn_fwd_v2", q.dtype, shared), 4, 128, (q, k, v, out, lse), _scalars(q, scale), shared)
     return out, (q, k, v, out, lse, scale)
 
 
@@ -155,10 +215,10 @@ def v2_backward(grad, cache):
     xp = xp_of(q)
     q, k, v, grad = _operands("attention gpu_v2 backward", q, k, v, grad)
     BH, N, hd = _check(q, k, v)
-    dq, dk, dv = xp.empty_like(q), xp.empty_like(k), xp.empty_like(v)
+    dq, dk, dv = (xp.empty(q.shape, q.dtype) for _ in range(3))
     if q.size:
         D = rowdot(grad, out)  # (B, Hh, N)
-        common = (np.int32(N), np.int32(hd), runtime.scalar(q.dtype, scale))
+        common = _scalars(q, scale, grad)
         shared = _v2_shared(2 * hd + N, q.dtype)
         _launch_heads(_fn("attn_bwd_dq_v2", q.dtype, shared), 4, 128, (q, k, v, grad, lse, D, dq), common, shared)
         shared = _v2_shared(2 * hd + 2 * N, q.dtype)
@@ -177,53 +237,75 @@ def _width(hd):
     return w
 
 
-V3_TILES = {"flash_fwd_v3": 3, "flash_bwd_dkdv_v3": 4, "flash_bwd_dq_v3": 4}  # (64, HD + 1) tiles of each
+V3_TILE_ARRAYS = {"flash_fwd_v3": 3, "flash_bwd_dkdv_v3": 4, "flash_bwd_dq_v3": 4}  # (rows, HD + 1) tiles of each
 
 
-def v3_shared_bytes(name, dtype, hd):
-    """Dynamic shared memory of a v3 kernel at head width hd, as attention.cu lays it out: its
-    (64, HD + 1) tiles (q, k, v; the backward's also dO), plus the forward's P (64 x 65), the
-    dk/dv kernel's P^T and dS^T (64 x 65 each) and lse and D of the query tile (64 each), the dq
-    kernel's dS (64 x 65). float64 at hd 64: the dk/dv kernel needs 200,704 B."""
-    W = _width(hd)
-    extra = {"flash_fwd_v3": FB * (FB + 1), "flash_bwd_dkdv_v3": 2 * FB * (FB + 1) + 2 * FB,
-             "flash_bwd_dq_v3": FB * (FB + 1)}[name]
-    return (V3_TILES[name] * FB * (W + 1) + extra) * np.dtype(dtype).itemsize
+def v3_shared_bytes(name, dtype, hd, rows=64):
+    """Dynamic shared memory of a v3 kernel at head width hd with tiles of `rows` rows (F), as
+    attention.cu lays it out: its (F, HD + 1) tiles (q, k, v; the backward's also dO), plus the
+    forward's P (F x (F + 1)), the dk/dv kernel's P^T and dS^T (F x (F + 1) each) and lse and D of
+    the query tile (F each), the dq kernel's dS (F x (F + 1)). float64 at hd 64 with 64 rows: the
+    dk/dv kernel needs 200,704 B."""
+    W, F = _width(hd), rows
+    extra = {"flash_fwd_v3": F * (F + 1), "flash_bwd_dkdv_v3": 2 * F * (F + 1) + 2 * F,
+             "flash_bwd_dq_v3": F * (F + 1)}[name]
+    return (V3_TILE_ARRAYS[name] * F * (W + 1) + extra) * np.dtype(dtype).itemsize
 
 
-def v3_fits(limit, dtype, hd, backward=True):
-    """Whether v3's kernels (forward, and the backward's with backward=True) fit in `limit` bytes
-    of shared memory per block (a card's opt-in maximum: 227 KiB on an H100, 163 KiB on an A100,
-    99 KiB on an L4 or RTX 4090). The tiles are 64 rows, fixed in attention.cu."""
-    names = ("flash_fwd_v3", "flash_bwd_dkdv_v3", "flash_bwd_dq_v3") if backward else ("flash_fwd_v3",)
-    return all(v3_shared_bytes(n, dtype, hd) <= limit for n in names)
+def v3_tile(name, dtype, hd, limit):
+    """The tile rows kernel `name` runs with at head width hd on a card that allows `limit` bytes
+    of shared memory per block: the largest of TILES whose shared memory fits, or None."""
+    return next((rows for rows in TILES if v3_shared_bytes(name, dtype, hd, rows) <= limit), None)
+
+
+def v3_instance(name, dtype, hd, rows):
+    """The template instantiation that runs: "flash_fwd_v3<float, 64, 32>" (type, width, tile rows)."""
+    return f"{name}<{ctype(dtype)}, {_width(hd)}, {rows}>"
+
+
+def _v3_declared():
+    """Every v3 instantiation a card allowing MIN_SHARED to MAX_SHARED bytes per block can choose:
+    per kernel, dtype and width the largest tile within MAX_SHARED, and a smaller one only where
+    the larger one needs more than MIN_SHARED (else every such card takes the larger)."""
+    for name in V3_KERNELS:
+        for dtype in (np.float32, np.float64):
+            for w in WIDTHS:
+                for rows in TILES:
+                    if v3_shared_bytes(name, dtype, w, rows) > MAX_SHARED:
+                        continue
+                    yield v3_instance(name, dtype, w, rows)
+                    if v3_shared_bytes(name, dtype, w, rows) <= MIN_SHARED:
+                        break
+
+
+DECLARED = {"attention.cu": V2_DECLARED + list(_v3_declared())}
 
 
 def _v3(name, dtype, hd):
-    """The kernel for this width and its shared memory; a clear refusal, naming the versions that
-    do run, where this card allows less shared memory per block than the kernel needs."""
-    W = _width(hd)
-    shared = v3_shared_bytes(name, dtype, hd)
-    if shared > 48 * 1024:
-        limit = runtime.max_shared_bytes()
-        if shared > limit:
-            raise ValueError(f"attention gpu_v3 ({name}) needs {shared} bytes of shared memory per block for "
-                             f"{np.dtype(dtype)} at hd={hd}, this GPU allows {limit}: its 64-row tiles do not fit; "
-                             "choose gpu_v2 or gpu_v1 here (kernels.use(attention='gpu_v2'))"
-                             + (", or float32" if np.dtype(dtype) == np.float64 else ""))
-    return runtime.function("attention.cu", f"{name}<{ctype(dtype)}, {W}>", shared), shared
+    """The kernel for this width at the tile rows this card allows, its rows and its shared memory;
+    a clear refusal, naming the versions that do run, where even the smallest tile does not fit."""
+    limit = runtime.max_shared_bytes()
+    rows = v3_tile(name, dtype, hd, limit)
+    if rows is None:
+        need = v3_shared_bytes(name, dtype, hd, TILES[-1])
+        raise ValueError(f"attention gpu_v3 ({name}) needs {need} bytes of shared memory per block for "
+                         f"{np.dtype(dtype)} at hd={hd} even with {TILES[-1]}-row tiles, this GPU allows {limit}; "
+                         "choose gpu_v2 or gpu_v1 here (kernels.use(attention='gpu_v2'))"
+                         + (", or float32" if np.dtype(dtype) == np.float64 else ""))
+    shared = v3_shared_bytes(name, dtype, hd, rows)
+    kernel = runtime.function("attention.cu", v3_instance(name, dtype, hd, rows), shared, names=compiled_names(limit))
+    return kernel, rows, shared
 
 
 def v3_forward(q, k, v, scale):
     xp = xp_of(q)
     q, k, v, _ = _operands("attention gpu_v3 forward", q, k, v)
     BH, N, hd = _check(q, k, v)
-    out = xp.empty_like(q)
+    out = xp.empty(q.shape, q.dtype)
     lse = xp.empty(q.shape[:3], q.dtype)
     if q.size:
-        kernel, shared = _v3("flash_fwd_v3", q.dtype, hd)
-        _launch_heads(kernel, FB, 256, (q, k, v, out, lse),
-                      (np.int32(N), np.int32(hd), runtime.scalar(q.dtype, scale)), shared)
+        kernel, rows, shared = _v3("flash_fwd_v3", q.dtype, hd)
+        _launch_heads(kernel, rows, 256, (q, k, v, out, lse), _scalars(q, scale), shared)
     return out, (q, k, v, out, lse, scale)
 
 
@@ -232,14 +314,14 @@ def v3_backward(grad, cache):
     xp = xp_of(q)
     q, k, v, grad = _operands("attention gpu_v3 backward", q, k, v, grad)
     BH, N, hd = _check(q, k, v)
-    dq, dk, dv = xp.empty_like(q), xp.empty_like(k), xp.empty_like(v)
+    dq, dk, dv = (xp.empty(q.shape, q.dtype) for _ in range(3))
     if q.size:
         D = rowdot(grad, out)
-        common = (np.int32(N), np.int32(hd), runtime.scalar(q.dtype, scale))
-        kernel, shared = _v3("flash_bwd_dkdv_v3", q.dtype, hd)
-        _launch_heads(kernel, FB, 256, (q, k, v, grad, lse, D, dk, dv), common, shared)
-        kernel, shared = _v3("flash_bwd_dq_v3", q.dtype, hd)
-        _launch_heads(kernel, FB, 256, (q, k, v, grad, lse, D, dq), common, shared)
+        common = _scalars(q, scale, grad)
+        kernel, rows, shared = _v3("flash_bwd_dkdv_v3", q.dtype, hd)
+        _launch_heads(kernel, rows, 256, (q, k, v, grad, lse, D, dk, dv), common, shared)
+        kernel, rows, shared = _v3("flash_bwd_dq_v3", q.dtype, hd)
+        _launch_heads(kernel, rows, 256, (q, k, v, grad, lse, D, dq), common, shared)
     return dq, dk, dv
 
 
@@ -253,4 +335,5 @@ register("attention", "gpu_v1", v1_forward, v1_backward, device="gpu",
 register("attention", "gpu_v2", v2_forward, v2_backward, device="gpu",
          description="CUDA C (attention.cu): a warp per row, scores in shared memory, lse saved")
 register("attention", "gpu_v3", v3_forward, v3_backward, device="gpu",
-         description="CUDA C (attention.cu): flash tiles 64x64, online softmax, recompute from lse in backward")
+         description="CUDA C (attention.cu): flash tiles (64, 32 or 16 rows, as the card's shared memory allows), "
+                     "online softmax, recompute from lse in backward")

@@ -10,26 +10,8 @@
 // [0, K) gives a NaN loss for its row: host labels are refused by minivit.functional.cross_entropy,
 // and the Trainer checks its labels on the host before they reach the GPU (train.trainer.check_labels).
 
-template <typename T> __device__ __forceinline__ T ex(T x);
-template <> __device__ __forceinline__ float ex<float>(float x) { return expf(x); }
-template <> __device__ __forceinline__ double ex<double>(double x) { return exp(x); }
-template <typename T> __device__ __forceinline__ T ln(T x);
-template <> __device__ __forceinline__ float ln<float>(float x) { return logf(x); }
-template <> __device__ __forceinline__ double ln<double>(double x) { return log(x); }
-
-template <typename T> __device__ __forceinline__ T warp_sum(T v)
-{
-#pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-    return v;
-}
-
-template <typename T> __device__ __forceinline__ T warp_max(T v)
-{
-#pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) v = max(v, __shfl_xor_sync(0xffffffffu, v, offset));
-    return v;
-}
+#include "reduce.cuh"
+#include "typed_math.cuh"
 
 template <typename T>
 __global__ void sce_fwd_v2(const T* __restrict__ logits, const long long* __restrict__ labels,
@@ -41,7 +23,7 @@ __global__ void sce_fwd_v2(const T* __restrict__ logits, const long long* __rest
     const T invB = T(1) / T(B);
     for (int b = blockIdx.x * warps + threadIdx.x / 32; b < B; b += gridDim.x * warps) {
         const T* x = logits + (long long)b * K;
-        T m = T(-__longlong_as_double(0x7ff0000000000000LL));
+        T m = neg_inf<T>();
         T sum_x = 0;
         for (int k = lane; k < K; k += 32) {
             m = max(m, x[k]);

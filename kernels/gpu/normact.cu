@@ -12,29 +12,15 @@
 //   softmax_fwd_v2/bwd one warp per row: max, sum of exp, write (three passes); softmax(scale x),
 //                      so that a caller can fold a temperature (attention's 1/sqrt(hd)) in
 
-template <typename T> __device__ __forceinline__ T ex(T x);
-template <> __device__ __forceinline__ float ex<float>(float x) { return expf(x); }
-template <> __device__ __forceinline__ double ex<double>(double x) { return exp(x); }
+#include "reduce.cuh"
+#include "typed_math.cuh"
+
 template <typename T> __device__ __forceinline__ T erf_(T x);
 template <> __device__ __forceinline__ float erf_<float>(float x) { return erff(x); }
 template <> __device__ __forceinline__ double erf_<double>(double x) { return erf(x); }
 template <typename T> __device__ __forceinline__ T rsqrt_(T x);
 template <> __device__ __forceinline__ float rsqrt_<float>(float x) { return 1.0f / sqrtf(x); }
 template <> __device__ __forceinline__ double rsqrt_<double>(double x) { return 1.0 / sqrt(x); }
-
-template <typename T> __device__ __forceinline__ T warp_sum(T v)
-{
-#pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-    return v;
-}
-
-template <typename T> __device__ __forceinline__ T warp_max(T v)
-{
-#pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) v = max(v, __shfl_xor_sync(0xffffffffu, v, offset));
-    return v;
-}
 
 // ---------------------------------------------------------------- layernorm
 template <typename T>
@@ -67,8 +53,10 @@ __global__ void layernorm_fwd_v2(const T* __restrict__ x, const T* __restrict__ 
 // partial: (gridDim.x, 2, D): each block's sums of dy * xhat (dw) and of dy (db) over its rows.
 // Lane l of a warp owns columns l, l + 32, ... of every row it visits, so each warp adds into its
 // own slice of shared memory without atomics; the block sums its warps' slices at the end.
+// At most 1024 threads (32 warps) a block: __launch_bounds__ keeps the registers low enough (64 a
+// thread) for every block size normact.py's layernorm_bwd_launch may choose.
 template <typename T>
-__global__ void layernorm_bwd_v2(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ w,
+__global__ void __launch_bounds__(1024) layernorm_bwd_v2(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ w,
                                  const T* __restrict__ mean, const T* __restrict__ rstd,
                                  T* __restrict__ dx, T* __restrict__ partial, int M, int D)
 {
@@ -144,7 +132,7 @@ __global__ void softmax_fwd_v2(const T* __restrict__ x, T* __restrict__ y, long 
     for (long long row = blockIdx.x * warps + threadIdx.x / 32; row < rows; row += gridDim.x * warps) {
         const T* xr = x + row * n;
         T* yr = y + row * n;
-        T m = -__longlong_as_double(0x7ff0000000000000LL);  // -inf, exact in float and double
+        T m = neg_inf<T>();
         for (int j = lane; j < n; j += 32) m = max(m, scale * xr[j]);
         m = warp_max(m);
         T s = 0;

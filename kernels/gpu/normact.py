@@ -16,10 +16,23 @@ Versions:
             writes dx in the same pass that sums dw and db per block (one partial row per block,
             in shared memory without atomics), then one CuPy reduction over the blocks.
 
+LayerNorm backward launch (layernorm_bwd_launch, a pure function of the card's numbers): the op
+moves 3 M D numbers and does little arithmetic, so its speed is how many loads each
+multiprocessor keeps in flight, that is how many warps it holds. Each warp keeps its own dw and
+db sums (2 D numbers) in shared memory, and the kernel's registers (48 a thread in float32, 56 in
+float64, as ptxas reports for sm_90) cap a multiprocessor at 42 (36) warps; the launch takes the
+block size (1 to 32 warps) that lets a multiprocessor hold the most warps within its shared
+memory, registers, threads and block slots (a smaller block only for a quarter more warps: each
+block adds a partial row to sum), and one wave of such blocks over the card. In float32 at
+D = 192 (the CIFAR ViT) that is 40 warps a multiprocessor on an H100, an A100 or an L4 (5 blocks
+of 8); at D = 768 (ViT-B), 32 on an H100, 24 on an A100, 16 on an L4. Before, 128-thread blocks,
+at most 2 per multiprocessor, held 8.
+
 Measured: numbers owed (no GPU in the session that wrote this): `python -m kernels.bench layernorm
 gelu softmax --device cuda` reports GB/s against the card's measured copy bandwidth; v2 should
 approach the copy rate (bytes that must move: 2 M D forward, 3 M D backward), v1 fall several
-times short of it.
+times short of it. The fraction of the copy peak LayerNorm's backward reaches with this launch
+is owed to a GPU run (scripts/gpu_check.sh's kernels_bench part prints it).
 
 Defaults (kernels/registry.py): gpu_v2 for all three.
 """
@@ -58,6 +71,38 @@ def _fn(name, x, shared_bytes=0):
 
 def _row_grid(rows):
     return (runtime.blocks_for(rows, THREADS // 32, cap=65535),)
+
+
+RESERVED_SHARED = 1024  # shared memory CUDA keeps for itself in every block (sm_80 and later)
+SMALLER_BLOCK_GAIN = 1.25  # a smaller block must hold this many times the warps to be chosen
+
+
+def layernorm_bwd_launch(M, D, itemsize, card, regs_per_thread):
+    """(blocks, warps per block, shared bytes per block) for layernorm_bwd_v2 over M rows of width
+    D on `card` (a runtime.Card), the kernel using `regs_per_thread` registers. A multiprocessor
+    holds as many blocks as its shared memory (each warp keeps 2 D sums), registers (allocated per
+    warp in units of 256), threads and block slots allow. The block size (1 to 32 warps) with the
+    most warps resident per multiprocessor wins, but a smaller block only where it holds a quarter
+    more warps than a larger one (each block adds a partial row of 2 D numbers to sum at the end);
+    the grid is one wave of those blocks, with no more warps than rows."""
+    per_warp = 2 * D * itemsize  # this warp's dw and db sums
+    warp_regs = -(-regs_per_thread * 32 // 256) * 256
+    best = None  # (blocks resident per multiprocessor, warps per block)
+    for warps in (32, 16, 8, 4, 2, 1):
+        shared = warps * per_warp
+        if shared > card.shared_per_block:
+            continue
+        resident = min(card.shared_per_sm // (shared + RESERVED_SHARED), card.regs_per_sm // (warps * warp_regs),
+                       card.threads_per_sm // (32 * warps), card.blocks_per_sm)
+        if resident and (best is None or resident * warps >= SMALLER_BLOCK_GAIN * best[0] * best[1]):
+            best = (resident, warps)
+    if best is None:
+        raise ValueError(f"layernorm gpu_v2 backward keeps 2 x D sums per warp in shared memory: D={D} needs "
+                         f"{per_warp} bytes, this GPU allows "
+                         f"{min(card.shared_per_block, card.shared_per_sm - RESERVED_SHARED)} per block; choose "
+                         "gpu_v1 here (kernels.use(layernorm='gpu_v1'))")
+    resident, warps = best
+    return min(card.sms * resident, -(-M // warps)), warps, warps * per_warp
 
 
 # ---------------------------------------------------------------- v1: array expressions
@@ -127,10 +172,8 @@ def layernorm_v2_backward(grad, cache):
     dx = xp.empty_like(x)
     if not (M and D):
         return dx, xp.zeros_like(w), xp.zeros_like(w)
-    warps = 4  # 128 threads: shared memory is 4 warps x 2 x D (64 KiB for D = 1024 in float64)
-    blocks = min(runtime.blocks_for(M, warps), 2 * runtime.multiprocessors())
+    blocks, warps, shared = layernorm_bwd_launch(M, D, x.itemsize, runtime.card(), _fn("layernorm_bwd_v2", x).num_regs)
     partial = xp.empty((blocks, 2, D), x.dtype)  # per block: dw, db
-    shared = warps * 2 * D * x.itemsize
     _fn("layernorm_bwd_v2", x, shared)((blocks,), (32 * warps,),
                                        (grad, x, w, mean, rstd, dx, partial, np.int32(M), np.int32(D)),
                                        shared_mem=shared)

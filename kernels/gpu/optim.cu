@@ -15,6 +15,8 @@
 // hyper-parameters are a second table of doubles, 7 per tensor: lr, beta1, beta2, eps,
 // weight_decay, bias1 = 1 - beta1^step, bias2 = 1 - beta2^step.
 
+#include "reduce.cuh"
+
 template <typename T> __device__ __forceinline__ T sqrt_(T x);
 template <> __device__ __forceinline__ float sqrt_<float>(float x) { return sqrtf(x); }
 template <> __device__ __forceinline__ double sqrt_<double>(double x) { return sqrt(x); }
@@ -86,8 +88,7 @@ __global__ void sumsq_multi(const long long* __restrict__ table, int tensors, in
         const T* x = reinterpret_cast<const T*>(table[t]);
         double acc = 0;
         for (long long i = start + threadIdx.x; i < end; i += blockDim.x) acc += double(x[i]) * double(x[i]);
-#pragma unroll
-        for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, offset);
+        acc = warp_sum(acc);
         if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = acc;
         __syncthreads();
         if (threadIdx.x == 0) {

@@ -19,6 +19,10 @@ compared with the float64 NumPy reference within a tolerance (kernels/bench.py T
 NVRTC is asked for (`nvrtc_options()`, the exact list tests/test_gpu_sources.py compiles with):
 - our OPTIONS: C++17 only. No --use_fast_math, so -prec-div and -prec-sqrt keep NVRTC's default
   (true): float division and sqrt are IEEE round-to-nearest.
+- INCLUDE: this folder, as an include path (-I): the .cu files share their warp reductions
+  (reduce.cuh) and float/double math names (typed_math.cuh). CuPy's on-disk cache hashes the
+  source text and options, not the headers a source includes, so `source()` appends each included
+  header's digest to the text it hands CuPy: an edited header compiles afresh.
 - CUPY_ADDED_OPTIONS: CuPy appends -ftz=true to every compile, after anything in OPTIONS
   (cupy/cuda/compiler.py, _compile_with_cache_cuda; read in CuPy 13's source, and older ones do
   the same). So float32 subnormals (|x| < 1.18e-38) are flushed to zero, as inputs and as
@@ -27,7 +31,7 @@ NVRTC is asked for (`nvrtc_options()`, the exact list tests/test_gpu_sources.py 
   CPU. float64 is not flushed. With NVRTC 12 or later CuPy also passes --device-as-default-execution-space, and then
   the target: -arch=sm_XX (a cubin) on a card NVRTC knows, -arch=compute_XX (PTX for the driver to
   finish) with CUPY_COMPILE_WITH_PTX=1 or a card newer than NVRTC. It also adds include paths
-  (CCCL's, its own headers, CUDA's include), which these self-contained files do not use.
+  (CCCL's, its own headers, CUDA's include), which these files do not use.
 - NVRTC's defaults otherwise: -fmad=true, so a*b + c may be one fused multiply-add (one rounding,
   not two); expf, erff, tanhf and the rest are CUDA's math library, within the few-ulp bounds the
   CUDA C++ Programming Guide lists, not correctly rounded.
@@ -35,7 +39,10 @@ NVRTC is asked for (`nvrtc_options()`, the exact list tests/test_gpu_sources.py 
 from __future__ import annotations
 
 import functools
+import hashlib
+import re
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -45,6 +52,7 @@ INSTALL_HINT = ("install the [gpu] extra: pip install -e '.[gpu]' (cupy-cuda13x,
 # Our NVRTC options for every .cu file (cupy.RawModule(options=OPTIONS)): C++17 for `if constexpr`.
 # No --use_fast_math: division and sqrt stay IEEE round-to-nearest (see the module docstring).
 OPTIONS = ("-std=c++17",)
+INCLUDE = (f"-I{HERE}",)  # where the .cu files find reduce.cuh and typed_math.cuh
 # What CuPy adds after OPTIONS on every compile (cupy/cuda/compiler.py): -ftz=true (float32
 # subnormals flushed to zero, unconditionally), and with NVRTC 12 or later
 # --device-as-default-execution-space; then the target, see nvrtc_options().
@@ -55,7 +63,21 @@ def nvrtc_options(arch: str = "sm_90") -> tuple[str, ...]:
     """The options NVRTC gets for a .cu file here when CuPy compiles it for a card of `arch`
     ("sm_90": an H100, compiled to a cubin as CuPy does; "compute_90": PTX, as with
     CUPY_COMPILE_WITH_PTX=1), less CuPy's include paths, which these files do not use."""
-    return (*OPTIONS, *CUPY_ADDED_OPTIONS, f"-arch={arch}")
+    return (*OPTIONS, *INCLUDE, *CUPY_ADDED_OPTIONS, f"-arch={arch}")
+
+
+LOCAL_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
+
+
+def source(file: str, folder: Path = HERE) -> str:
+    """The text of folder/<file> as CuPy gets it: the file itself, then one comment line per header
+    it includes from this folder, with the header's digest. CuPy's kernel cache keys on the source
+    text, not on the headers it includes, so without these lines an edited reduce.cuh would load
+    the binary compiled from the old one."""
+    text = (folder / file).read_text()
+    digests = [f"// {name} {hashlib.sha256((folder / name).read_bytes()).hexdigest()[:16]}"
+               for name in sorted(set(LOCAL_INCLUDE.findall(text)))]
+    return text + ("\n" + "\n".join(digests) + "\n" if digests else "")
 
 
 class DeviceUnavailable(RuntimeError):
@@ -139,26 +161,33 @@ def module(file: str, names: tuple[str, ...] = ()):
     key = (file, cp.cuda.runtime.getDevice(), tuple(names))
     mod = _MODULES.get(key)
     if mod is None:
-        code = (HERE / file).read_text()
-        mod = cp.RawModule(code=code, options=OPTIONS, name_expressions=list(names) or None)
+        mod = cp.RawModule(code=source(file), options=OPTIONS + INCLUDE, name_expressions=list(names) or None)
         _MODULES[key] = mod
     return mod
 
 
-def function(file: str, name: str, shared_bytes: int = 0):
+DEFAULT_SHARED = 48 * 1024  # dynamic shared memory a kernel may use without opting in to more
+
+
+def function(file: str, name: str, shared_bytes: int = 0, names=None):
     """One kernel of kernels/gpu/<file>: a plain `extern "C"` name, or a template instantiation
-    such as "gelu_fwd<float>". `shared_bytes` above 48 KiB raises the kernel's dynamic
-    shared-memory limit (Hopper allows up to 227 KiB per block)."""
+    such as "gelu_fwd<float>", compiled in one module with `names` (default: every instantiation
+    kernels/gpu declares for the file; attention.py passes the flash tiles this card uses).
+    `shared_bytes` above 48 KiB opts the kernel in to that much dynamic shared memory
+    (RawKernel.max_dynamic_shared_size_bytes, CUDA's cudaFuncAttributeMaxDynamicSharedMemorySize),
+    up to the card's limit (227 KiB per block on an H100); a launch asking for more than 48 KiB
+    without it fails."""
     key = (file, name, cupy().cuda.runtime.getDevice())
     entry = _FUNCTIONS.get(key)
     if entry is None:  # cached: this runs on every launch, where microseconds count
         from . import DECLARED
 
-        names = tuple(DECLARED.get(file, ()))
-        if "<" in name and name not in names:
+        declared = tuple(DECLARED.get(file, ()))
+        names = declared if names is None else tuple(names)
+        if "<" in name and not (name in names and name in declared):
             raise ValueError(f"{name} is not among the instantiations kernels/gpu declares for {file}; add it to the "
                              "DECLARED list of the module that launches it")
-        entry = _FUNCTIONS[key] = [module(file, names).get_function(name), 48 * 1024]
+        entry = _FUNCTIONS[key] = [module(file, names).get_function(name), DEFAULT_SHARED]
     kernel, allowed = entry
     if shared_bytes > allowed:
         limit = max_shared_bytes()
@@ -169,26 +198,45 @@ def function(file: str, name: str, shared_bytes: int = 0):
     return kernel
 
 
+def attribute(name: str) -> int:
+    """A property of the current GPU by its CUDA name, e.g. "cudaDevAttrMultiProcessorCount"."""
+    return _attribute(name, cupy().cuda.runtime.getDevice())
+
+
+@functools.lru_cache(maxsize=None)
+def _attribute(name: str, device: int) -> int:
+    cp = cupy()
+    return cp.cuda.runtime.deviceGetAttribute(getattr(cp.cuda.runtime, name), device)
+
+
 def max_shared_bytes() -> int:
     """Shared memory one block may opt in to on the current GPU (cudaDevAttrMaxSharedMemoryPerBlockOptin:
     227 KiB on an H100, 163 KiB on an A100, 99 KiB on an L4 or RTX 4090)."""
-    return _max_shared_bytes(cupy().cuda.runtime.getDevice())
-
-
-@functools.lru_cache(maxsize=None)
-def _max_shared_bytes(device: int) -> int:
-    cp = cupy()
-    return cp.cuda.runtime.deviceGetAttribute(cp.cuda.runtime.cudaDevAttrMaxSharedMemoryPerBlockOptin, device)
-
-
-@functools.lru_cache(maxsize=None)
-def _multiprocessors(device: int) -> int:
-    cp = cupy()
-    return cp.cuda.runtime.deviceGetAttribute(cp.cuda.runtime.cudaDevAttrMultiProcessorCount, device)
+    return attribute("cudaDevAttrMaxSharedMemoryPerBlockOptin")
 
 
 def multiprocessors() -> int:
-    return _multiprocessors(cupy().cuda.runtime.getDevice())
+    return attribute("cudaDevAttrMultiProcessorCount")
+
+
+class Card(NamedTuple):
+    """What a launch choice needs to know of a GPU (CUDA's device attributes), so that the choice
+    is a pure function that tests can run with an H100's, an A100's or an L4's numbers."""
+
+    sms: int             # multiprocessors
+    shared_per_sm: int   # bytes of shared memory per multiprocessor, shared by its resident blocks
+    shared_per_block: int  # bytes a block may opt in to (max_shared_bytes)
+    threads_per_sm: int
+    regs_per_sm: int = 65536
+    blocks_per_sm: int = 16
+
+
+def card() -> Card:
+    """The current GPU's numbers."""
+    return Card(multiprocessors(), attribute("cudaDevAttrMaxSharedMemoryPerMultiprocessor"), max_shared_bytes(),
+                attribute("cudaDevAttrMaxThreadsPerMultiProcessor"),
+                attribute("cudaDevAttrMaxRegistersPerMultiprocessor"),
+                attribute("cudaDevAttrMaxBlocksPerMultiprocessor"))
 
 
 def blocks_for(n: int, threads: int = 256, cap: int | None = None) -> int:
