@@ -46,9 +46,10 @@ class AxialConfig(ViTConfig):
             raise ValueError("Axial-ViT has no class token (it lies on no row or column); "
                              "it pools the patch tokens (global_pool='avg')")
         super().__post_init__()  # resolves an old pos_embed name ("relative") to its new one
-        if self.pos_embed in posemb.RELATIVE_KINDS:
+        if posemb.kind_of(self.pos_embed).relative:
+            usable = [name for name, kind in posemb.KINDS.items() if not kind.relative]
             raise ValueError(f"pos_embed={self.pos_embed!r} biases the attention logits of (N, N) token pairs; "
-                             "Axial-ViT attends along rows and columns, use 'learn', 'learn_2d', 'sincos' or 'none'")
+                             f"Axial-ViT attends along rows and columns, use one of {usable}")
 
     def num_parameters(self) -> int:
         """The ViT's count with two blocks (row and column) per layer."""

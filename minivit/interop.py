@@ -231,9 +231,10 @@ def _infer_config(e, layout, overrides):
         inferred.update(pos_embed="learn", img_size=int(side * P))
     else:  # big_vision's posemb="sincos2d" stores no table; pos_embed="none" says there was none
         kind = overrides.get("pos_embed", "sincos" if layout == "big_vision" else None)
-        if kind not in ("sincos", "none"):
+        tableless = [name for name, k in posemb.KINDS.items() if not k.learned]  # a kind with weights needs its table
+        if kind not in tableless:
             raise InteropError(f"missing entry {POS_KEYS[layout]!r} (for a checkpoint without a learned position "
-                               "embedding pass pos_embed='sincos' or 'none', and img_size=)")
+                               f"embedding pass pos_embed= one of {tableless}, and img_size=)")
         if "img_size" not in overrides:
             raise InteropError("the checkpoint holds no position embedding (big_vision posemb='sincos2d'), so its "
                                "image size is unknown: pass img_size=")
@@ -328,7 +329,7 @@ def to_official_arrays(model, layout="vit_jax") -> dict:
         raise InteropError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     cfg = model.config
     sd = {k: np.asarray(v if isinstance(v, np.ndarray) else v.get()) for k, v in model.state_dict().items()}
-    allowed_pos = ("learn", "sincos") if layout == "big_vision" else ("learn",)
+    allowed_pos = tuple(name for name, kind in posemb.KINDS.items() if layout in kind.official_layouts)
     problems = [
         (cfg.pos_embed in allowed_pos and cfg.pos_embed_at == "input",
          f"pos_embed={cfg.pos_embed!r} at {cfg.pos_embed_at!r} (the {layout} layout holds "

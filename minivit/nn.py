@@ -18,16 +18,24 @@ from .autograd import Tensor, array_module
 class Parameter(Tensor):
     """A Tensor that a Module registers as trainable (requires_grad=True). Its array is
     C-contiguous (row-major): made so here and by Module.load_state_dict, to() and astype(),
-    because the fused optimizer kernels walk a parameter and its moments as flat memory."""
+    because the fused optimizer kernels walk a parameter and its moments as flat memory.
 
-    __slots__ = ()
+    `no_weight_decay`: weight decay skips this parameter (train.param_groups reads only this).
+    The module that makes a parameter knows what it is, so it says; left unsaid (None), a vector
+    (ndim <= 1: biases, LayerNorm scales and shifts) is exempt and anything with more axes decays,
+    timm's rule. A token or an embedding with more axes is marked by its maker (ViT's cls_token,
+    every position-embedding kind in posemb.py)."""
 
-    def __init__(self, data, requires_grad=True):
+    __slots__ = ("no_weight_decay",)
+
+    def __init__(self, data, requires_grad=True, no_weight_decay=None):
         super().__init__(data, requires_grad=requires_grad)
         self.data = c_contiguous(self.data)
+        self.no_weight_decay = self.data.ndim <= 1 if no_weight_decay is None else bool(no_weight_decay)
 
     def __repr__(self):
-        return f"Parameter(shape={self.shape}, dtype={self.dtype})"
+        exempt = ", no_weight_decay=True" if self.no_weight_decay else ""
+        return f"Parameter(shape={self.shape}, dtype={self.dtype}{exempt})"
 
 
 class Module:

@@ -9,13 +9,39 @@ behind one small interface so that vit.py reads like the paper's equations:
                               bias(q) of the block's queries q (B, Hh, N, hd) -> (B, Hh, N, N)
     pe.table()                the absolute embedding (N, D) as an array (analysis), or None
 
-Kinds (`config.pos_embed`):
+One definition per kind. KINDS maps each name (`config.pos_embed`) to its class, and the class
+owns everything about its kind; the rest of minivit asks it instead of keeping lists of names:
+    shapes(cfg, grid, prefix)  its parameters by state-dict name and their shapes: create() makes
+                               them, num_parameters() counts them, checkpoint.py checks a saved
+                               config against them before building a model
+    decayed                    the names among them that weight decay applies to: none, for every
+                               kind here (as timm and big_vision exempt position embeddings);
+                               create() marks the others Parameter.no_weight_decay, and
+                               train.param_groups reads only that mark
+    places                     where it may enter (`config.pos_embed_at`, below)
+    check_width(D)             ValueError for an embed_dim it cannot use
+    relative                   it biases the attention logits of (N, N) token pairs, adds no E_pos
+    resizes, resize(...)       whether and how its arrays (the parameters, or their optimizer
+                               moments) move to another patch grid: ViT.set_img_size (training at
+                               a low resolution first) and a checkpoint fine-tuned at another
+                               resolution (finetune.py) both call it
+    weights_pin_tokens         whether its weights' shapes fix the token count N (checkpoint.py
+                               bounds N for the kinds whose weights do not)
+    learned                    whether it has trained weights (a checkpoint without a table can
+                               only be a kind that has none: interop.py)
+    official_layouts           the official checkpoint layouts that hold it (interop.py)
+The JAX bridge runs this same code: `create(cfg, grid, prefix, params=jax_arrays, ops=jax_ops())`
+reads JAX arrays with jax.numpy's broadcast_to and concatenate (the only two functions a kind
+calls; everything else is an operator or a method that a Tensor and a jax array share). Adding a
+kind is adding a class here and its name to KINDS (and its tests).
+
+Kinds:
     "learn"             learned, one vector per token in raster order (the paper's default):
                         pos_embed (1, N, D), timm's name and shape
     "none"              no position information: the model is then equivariant to permuting the
                         patches
     "learn_2d"          learned X and Y embeddings of D/2 each, concatenated per patch:
-                        pos_embed_x (1, gw, D/2), pos_embed_y (1, gh, D/2), pos_embed_cls (1, 1, D)
+                        pos_embed_y (1, gh, D/2), pos_embed_x (1, gw, D/2), pos_embed_cls (1, 1, D)
     "sincos"            the fixed 2D sine-cosine table of later ViT work (Chen et al. 2021, MoCo v3;
                         Beyer et al. 2022): never trained, not in the state dict
     "relative_1d"       the paper's relative variant (App. D.4), 1-D relative attention: every
@@ -51,99 +77,88 @@ token i (hd numbers), k_j a key and r_o the embedding of index o:
   * Scale: the relative logits are scaled by 1/sqrt(hd) as the content logits are, so that the
     sum is q . (k + r) / sqrt(hd) (the form of Shaw et al. 2018).
   * Initialisation: truncated normal, std 0.02, as the learned absolute embeddings; the relative
-    logits start near 0 and the first attention is nearly content-only. Not weight-decayed (its
-    name holds "pos_embed", like the other position embeddings).
+    logits start near 0 and the first attention is nearly content-only. Not weight-decayed, as no
+    position embedding is.
   * Computed from autograd ops: q @ r^T gives every query against every offset (B, Hh, N, R);
     indexing row i at o(i, j) gathers the (B, Hh, N, N) bias, and the gradient of that gather
     (scatter-add) reaches both q and the table. The fused attention kernel takes no bias, so a
     model with either relative kind runs attention composed.
   * 1-D offsets ignore the grid's rows: the last patch of a row and the first of the next are 1
     apart, as two neighbours in a row are. The offsets of another grid mean other 2D
-    displacements, so a trained table cannot be carried to a new resolution (finetune.py refuses).
+    displacements, so a trained table cannot be carried to a new resolution (resize refuses).
 
-Also the helpers: `sincos_2d`, `relative_position_index` (2D offsets), `relative_1d_index`, their
-table sizes, and `interpolate_grid` (2D resampling of learned embeddings for fine-tuning at a
-higher resolution, Sec. 3.2).
+The arrays these are built from (`sincos_2d`, `relative_position_index`, `relative_1d_index`,
+their table sizes, `interpolate_grid`, `resize_pos_embed`, `resize_relative_bias`) live in
+patch_grid.py and are importable from here.
 
 Shape letters: B batch, N tokens (prefix + Np), Np = gh * gw patches, D width, Hh heads,
 hd = D / Hh, L blocks, R table entries.
 """
 from __future__ import annotations
 
+import math
+from types import SimpleNamespace
+
 import numpy as np
 
 from . import nn
 from .autograd import broadcast_to, concatenate
+from .patch_grid import (interpolate_grid, relative_1d_index, relative_1d_table_size,  # noqa: F401 (re-exported)
+                         relative_position_index, relative_table_size, resize_pos_embed, resize_relative_bias,
+                         sincos_2d)
 
-KINDS = ("learn", "none", "learn_2d", "sincos", "relative_1d", "relative_bias_2d")
-RELATIVE_KINDS = ("relative_1d", "relative_bias_2d")  # bias the logits of (N, N) token pairs; add no E_pos
 WHERE = ("input", "every_block", "every_block_shared")
-# Old names of kinds, kept so that configs and checkpoints written with them still load. This is the
-# only place they are mapped: ViTConfig resolves them when it is made, so the rest of minivit sees
-# only KINDS. "relative" was the learned 2D offset bias, before the paper's 1-D relative attention
-# ("relative_1d") was added; it was renamed to say what it is.
-ALIASES = {"relative": "relative_bias_2d"}
+# The two array functions a kind calls, from minivit's autograd (jax_ops() gives JAX's).
+AUTOGRAD_OPS = SimpleNamespace(broadcast_to=broadcast_to, concatenate=concatenate)
 
 
-def resolve(kind):
-    """The kind `kind` names today: itself, or the new name of an old one (ALIASES)."""
-    return ALIASES.get(kind, kind) if isinstance(kind, str) else kind
+def jax_ops():
+    """broadcast_to and concatenate from jax.numpy, for create(..., ops=jax_ops()) (the JAX bridge);
+    JAX is imported only here, so minivit runs without it."""
+    import jax.numpy as jnp
 
-
-def check(kind, where, embed_dim):
-    """ValueError for a kind / place / width that do not go together (ViTConfig calls this)."""
-    kind = resolve(kind)
-    if kind not in KINDS:
-        old = ", ".join(f"{a!r} (= {b!r})" for a, b in ALIASES.items())
-        raise ValueError(f"pos_embed must be one of {KINDS} (or the old name {old}), got {kind!r}")
-    if where not in WHERE:
-        raise ValueError(f"pos_embed_at must be one of {WHERE}, got {where!r}")
-    if where != "input" and kind != "learn":
-        raise ValueError(f"pos_embed_at={where!r} needs pos_embed='learn', got pos_embed={kind!r}")
-    if kind == "learn_2d" and embed_dim % 2:
-        raise ValueError(f"pos_embed='learn_2d' needs an even embed_dim (X and Y halves), got {embed_dim}")
-    if kind == "sincos" and embed_dim % 4:
-        raise ValueError(f"pos_embed='sincos' needs embed_dim divisible by 4, got {embed_dim}")
-
-
-def create(cfg, grid, num_prefix_tokens, dtype):
-    """The position embedding a ViTConfig asks for (see the module docstring)."""
-    check(cfg.pos_embed, cfg.pos_embed_at, cfg.embed_dim)
-    kind = resolve(cfg.pos_embed)
-    N, D = num_prefix_tokens + grid[0] * grid[1], cfg.embed_dim
-    if kind == "learn":
-        return Learned(N, D, cfg.depth, cfg.pos_embed_at, dtype)
-    if kind == "learn_2d":
-        return Learned2D(grid, D, num_prefix_tokens, dtype)
-    if kind == "sincos":
-        return SinCos(grid, D, num_prefix_tokens, dtype)
-    if kind == "relative_1d":
-        return Relative1D(grid, cfg.num_heads, D // cfg.num_heads, cfg.depth, num_prefix_tokens, dtype)
-    if kind == "relative_bias_2d":
-        return RelativeBias2D(grid, cfg.num_heads, cfg.depth, num_prefix_tokens, dtype)
-    return PositionEmbedding()
-
-
-def num_parameters(cfg, grid, num_prefix_tokens):
-    """How many learned numbers `create(cfg, ...)` makes, without making them."""
-    N, D, (gh, gw) = num_prefix_tokens + grid[0] * grid[1], cfg.embed_dim, grid
-    kind = resolve(cfg.pos_embed)
-    if kind == "learn":
-        return (cfg.depth if cfg.pos_embed_at == "every_block" else 1) * N * D
-    if kind == "learn_2d":
-        return (gh + gw) * (D // 2) + (D if num_prefix_tokens else 0)
-    if kind == "relative_1d":  # (L, Hh, R, hd): Hh * hd = D numbers per offset and block
-        return cfg.depth * relative_1d_table_size(grid, num_prefix_tokens) * D
-    if kind == "relative_bias_2d":
-        return cfg.depth * cfg.num_heads * relative_table_size(grid, num_prefix_tokens)
-    return 0
+    return SimpleNamespace(broadcast_to=jnp.broadcast_to, concatenate=jnp.concatenate)
 
 
 class PositionEmbedding:
-    """The interface, and the "none" kind: adds nothing, biases nothing."""
+    """The interface every kind implements, and the "none" kind: no parameters, adds nothing,
+    biases nothing. `params` are the arrays it reads (Parameters in the model), `ops` the two
+    array functions it calls."""
 
-    def __init__(self):
-        self.params = {}
+    name = "none"
+    places = ("input",)
+    decayed = ()
+    relative = False
+    resizes = True
+    weights_pin_tokens = False
+    learned = False
+    official_layouts = ()
+
+    def __init__(self, cfg, grid, num_prefix_tokens, dtype=np.float32):
+        """The constants of this kind for `grid` (a fixed table, an index); no parameters yet."""
+        self.grid, self.num_prefix_tokens, self.dtype = tuple(grid), num_prefix_tokens, np.dtype(dtype)
+        self.params, self.ops = {}, AUTOGRAD_OPS
+
+    @classmethod
+    def shapes(cls, cfg, grid, num_prefix_tokens):
+        """{state-dict name: shape} of the parameters, in the order they are made."""
+        return {}
+
+    @classmethod
+    def check_width(cls, embed_dim):
+        """ValueError for an embed_dim this kind cannot use."""
+
+    @classmethod
+    def init(cls, shape, dtype):
+        """A parameter's initial value: truncated normal, std 0.02 (timm's)."""
+        return nn.trunc_normal(shape, dtype=dtype)
+
+    @classmethod
+    def resize(cls, arrays, old_grid, new_grid, num_prefix_tokens):
+        """{name: array} of this kind's parameters (or of their optimizer moments), laid out for
+        old_grid, for new_grid (host NumPy arrays). Here nothing depends on the grid; any
+        constants are rebuilt when the model makes the embedding for the new grid."""
+        return dict(arrays)
 
     def add(self, x, layer):
         return x
@@ -161,40 +176,68 @@ class PositionEmbedding:
 class Learned(PositionEmbedding):
     """E_pos learned per token: at the input (Eq. 1), or before every block (App. D.4)."""
 
-    def __init__(self, N, D, depth, where, dtype):
-        self.where = where
-        layers = depth if where == "every_block" else 1
-        self.pos_embed = nn.Parameter(nn.trunc_normal((layers, N, D), dtype=dtype))  # (1 or L, N, D)
-        self.params = {"pos_embed": self.pos_embed}
+    name = "learn"
+    places = WHERE
+    weights_pin_tokens = learned = True
+    official_layouts = ("vit_jax", "big_vision")
+
+    def __init__(self, cfg, grid, num_prefix_tokens, dtype=np.float32):
+        super().__init__(cfg, grid, num_prefix_tokens, dtype)
+        self.where = cfg.pos_embed_at
+
+    @classmethod
+    def shapes(cls, cfg, grid, num_prefix_tokens):
+        layers = cfg.depth if cfg.pos_embed_at == "every_block" else 1
+        return {"pos_embed": (layers, num_prefix_tokens + grid[0] * grid[1], cfg.embed_dim)}  # (1 or L, N, D)
+
+    @classmethod
+    def resize(cls, arrays, old_grid, new_grid, num_prefix_tokens):
+        """Bilinear resampling of the grid rows, the class token's row kept (Sec. 3.2)."""
+        return {k: resize_pos_embed(v, old_grid, new_grid, num_prefix_tokens) for k, v in arrays.items()}
 
     def add(self, x, layer):
+        pos_embed = self.params["pos_embed"]  # (1 or L, N, D)
         if self.where == "input":
-            return x + self.pos_embed if layer == 0 else x
+            return x + pos_embed if layer == 0 else x
         if self.where == "every_block_shared":
-            return x + self.pos_embed
-        return x + self.pos_embed[layer]  # every_block: this block's own (N, D)
+            return x + pos_embed
+        return x + pos_embed[layer]  # every_block: this block's own (N, D)
 
     def table(self):
-        return self.pos_embed.data[0]
+        return self.params["pos_embed"].data[0]
 
 
 class Learned2D(PositionEmbedding):
     """E_pos of patch (i, j) = [X_j ; Y_i], two learned halves of D/2 (App. D.4)."""
 
-    def __init__(self, grid, D, num_prefix_tokens, dtype):
-        (self.gh, self.gw), self.D = grid, D
-        self.params = {"pos_embed_y": nn.Parameter(nn.trunc_normal((1, self.gh, D // 2), dtype=dtype)),
-                       "pos_embed_x": nn.Parameter(nn.trunc_normal((1, self.gw, D // 2), dtype=dtype))}
-        if num_prefix_tokens:
-            self.params["pos_embed_cls"] = nn.Parameter(nn.trunc_normal((1, 1, D), dtype=dtype))
+    name = "learn_2d"
+    weights_pin_tokens = learned = True
+
+    @classmethod
+    def shapes(cls, cfg, grid, num_prefix_tokens):
+        (gh, gw), D = grid, cfg.embed_dim
+        shapes = {"pos_embed_y": (1, gh, D // 2), "pos_embed_x": (1, gw, D // 2)}
+        return {**shapes, "pos_embed_cls": (1, 1, D)} if num_prefix_tokens else shapes
+
+    @classmethod
+    def check_width(cls, embed_dim):
+        if embed_dim % 2:
+            raise ValueError(f"pos_embed='learn_2d' needs an even embed_dim (X and Y halves), got {embed_dim}")
+
+    @classmethod
+    def resize(cls, arrays, old_grid, new_grid, num_prefix_tokens):
+        """Each axis resampled in 1-D (Y over the rows, X over the columns); the class token's kept."""
+        axis = {"pos_embed_y": 0, "pos_embed_x": 1}
+        return {k: v if k not in axis else interpolate_grid(v[0], (old_grid[axis[k]], 1), (new_grid[axis[k]], 1))[None]
+                for k, v in arrays.items()}
 
     def _grid(self):
-        gh, gw, D2 = self.gh, self.gw, self.D // 2
-        y = broadcast_to(self.params["pos_embed_y"].reshape(1, gh, 1, D2), (1, gh, gw, D2))
-        x = broadcast_to(self.params["pos_embed_x"].reshape(1, 1, gw, D2), (1, gh, gw, D2))
-        grid = concatenate([x, y], axis=3).reshape(1, gh * gw, self.D)  # (1, Np, D)
+        (gh, gw), D2, ops = self.grid, self.params["pos_embed_y"].shape[-1], self.ops
+        y = ops.broadcast_to(self.params["pos_embed_y"].reshape(1, gh, 1, D2), (1, gh, gw, D2))
+        x = ops.broadcast_to(self.params["pos_embed_x"].reshape(1, 1, gw, D2), (1, gh, gw, D2))
+        grid = ops.concatenate([x, y], axis=3).reshape(1, gh * gw, 2 * D2)  # (1, Np, D)
         cls = self.params.get("pos_embed_cls")
-        return grid if cls is None else concatenate([cls, grid], axis=1)  # (1, N, D)
+        return grid if cls is None else ops.concatenate([cls, grid], axis=1)  # (1, N, D)
 
     def add(self, x, layer):
         return x + self._grid() if layer == 0 else x
@@ -207,11 +250,19 @@ class SinCos(PositionEmbedding):
     """A fixed table: sin and cos of x and y at geometrically spaced frequencies; zero for the
     class token."""
 
-    def __init__(self, grid, D, num_prefix_tokens, dtype):
-        fixed = np.zeros((1, num_prefix_tokens + grid[0] * grid[1], D), dtype=dtype)
-        fixed[0, num_prefix_tokens:] = sincos_2d(grid, D, dtype=dtype)
+    name = "sincos"
+    official_layouts = ("big_vision",)
+
+    def __init__(self, cfg, grid, num_prefix_tokens, dtype=np.float32):
+        super().__init__(cfg, grid, num_prefix_tokens, dtype)
+        fixed = np.zeros((1, num_prefix_tokens + grid[0] * grid[1], cfg.embed_dim), dtype=dtype)
+        fixed[0, num_prefix_tokens:] = sincos_2d(grid, cfg.embed_dim, dtype=dtype)
         self.fixed = fixed  # (1, N, D), a constant: no gradient, not in the state dict
-        self.params = {}
+
+    @classmethod
+    def check_width(cls, embed_dim):
+        if embed_dim % 4:
+            raise ValueError(f"pos_embed='sincos' needs embed_dim divisible by 4, got {embed_dim}")
 
     def add(self, x, layer):
         return x + self.fixed if layer == 0 else x
@@ -229,18 +280,37 @@ class Relative1D(PositionEmbedding):
     logits against the r of each pair, q . r / sqrt(hd), are added to the content logits. The
     choices behind it are in the module docstring."""
 
-    def __init__(self, grid, num_heads, head_dim, depth, num_prefix_tokens, dtype):
+    name = "relative_1d"
+    relative = learned = True
+    resizes = False
+
+    def __init__(self, cfg, grid, num_prefix_tokens, dtype=np.float32):
+        super().__init__(cfg, grid, num_prefix_tokens, dtype)
         self.index = relative_1d_index(grid, num_prefix_tokens)  # (N, N) into the table
         self.rows = np.arange(len(self.index))[:, None]  # (N, 1): query i reads row i
-        self.scale = head_dim**-0.5
+        self.scale = (cfg.embed_dim // cfg.num_heads) ** -0.5
+
+    @classmethod
+    def shapes(cls, cfg, grid, num_prefix_tokens):
         size = relative_1d_table_size(grid, num_prefix_tokens)
-        self.rel_pos_embed = nn.Parameter(
-            nn.trunc_normal((depth, num_heads, size, head_dim), dtype=dtype))  # (L, Hh, R, hd)
-        self.params = {"rel_pos_embed": self.rel_pos_embed}
+        return {"rel_pos_embed": (cfg.depth, cfg.num_heads, size, cfg.embed_dim // cfg.num_heads)}  # (L, Hh, R, hd)
+
+    @classmethod
+    def resize(cls, arrays, old_grid, new_grid, num_prefix_tokens):
+        """Refused at another grid: nothing to interpolate between (see below)."""
+        if tuple(old_grid) == tuple(new_grid):
+            return dict(arrays)
+        # A 1-D offset p_q - p_k means another 2D displacement on another grid (an offset of gw is one
+        # row down on a gh x gw grid, part of a row on a wider one).
+        raise ValueError(
+            f"pos_embed='relative_1d' cannot move from a {old_grid[0]}x{old_grid[1]} to a "
+            f"{new_grid[0]}x{new_grid[1]} patch grid: its embeddings belong to 1-D raster offsets p_q - p_k, "
+            "which stand for other 2D displacements on another grid, so they cannot be interpolated; "
+            "keep the resolution, or train with pos_embed='learn' or 'relative_bias_2d'")
 
     def attention_bias(self, layer):
         def bias(q):  # q (B, Hh, N, hd): the block's queries
-            r = self.rel_pos_embed[layer]  # (Hh, R, hd): the embeddings play the keys
+            r = self.params["rel_pos_embed"][layer]  # (Hh, R, hd): the embeddings play the keys
             logits = (q @ r.transpose(0, 2, 1)) * self.scale  # (B, Hh, N, R): each query, every offset
             return logits[:, :, self.rows, self.index]  # (B, Hh, N, N): [.., i, j] = logits[.., i, index[i, j]]
 
@@ -252,107 +322,85 @@ class RelativeBias2D(PositionEmbedding):
     the attention logits (Swin's relative position bias; not the paper's relative attention,
     which is Relative1D); each block has its own table."""
 
-    def __init__(self, grid, num_heads, depth, num_prefix_tokens, dtype):
+    name = "relative_bias_2d"
+    relative = learned = True
+
+    def __init__(self, cfg, grid, num_prefix_tokens, dtype=np.float32):
+        super().__init__(cfg, grid, num_prefix_tokens, dtype)
         self.index = relative_position_index(grid, num_prefix_tokens)  # (N, N) into the table
-        size = relative_table_size(grid, num_prefix_tokens)
-        self.rel_pos_bias = nn.Parameter(nn.trunc_normal((depth, num_heads, size), dtype=dtype))  # (L, Hh, S)
-        self.params = {"rel_pos_bias": self.rel_pos_bias}
+
+    @classmethod
+    def shapes(cls, cfg, grid, num_prefix_tokens):
+        return {"rel_pos_bias": (cfg.depth, cfg.num_heads, relative_table_size(grid, num_prefix_tokens))}  # (L, Hh, S)
+
+    @classmethod
+    def resize(cls, arrays, old_grid, new_grid, num_prefix_tokens):
+        """Each head's table of 2D offsets interpolated like an image; the class-token entries kept."""
+        return {k: resize_relative_bias(v, old_grid, new_grid, num_prefix_tokens) for k, v in arrays.items()}
 
     def attention_bias(self, layer):
-        return self.rel_pos_bias[layer][:, self.index]  # (Hh, N, N)
+        return self.params["rel_pos_bias"][layer][:, self.index]  # (Hh, N, N)
 
 
-# ---- helpers -----------------------------------------------------------------------------------
+# ---- the registry ------------------------------------------------------------------------------
 
-def sincos_2d(grid, dim, temperature=10000.0, dtype=np.float32):
-    """(gh*gw, dim) fixed embedding in raster order: a quarter of the width each for sin(x),
-    cos(x), sin(y), cos(y); dim must be a multiple of 4."""
-    gh, gw = grid
-    if dim % 4:
-        raise ValueError(f"sin-cos position embedding needs embed_dim divisible by 4, got {dim}")
-    y, x = np.meshgrid(np.arange(gh, dtype=np.float64), np.arange(gw, dtype=np.float64), indexing="ij")
-    omega = 1.0 / temperature ** (np.arange(dim // 4) / (dim // 4 - 1 if dim > 4 else 1))  # (D/4,)
-    y = y.reshape(-1, 1) * omega  # (gh*gw, D/4)
-    x = x.reshape(-1, 1) * omega
-    return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1).astype(dtype)
+KINDS = {kind.name: kind for kind in (Learned, PositionEmbedding, Learned2D, SinCos, Relative1D, RelativeBias2D)}
+RELATIVE_KINDS = tuple(name for name, kind in KINDS.items() if kind.relative)  # derived, for readers and tests
+# Old names of kinds, kept so that configs and checkpoints written with them still load. This is the
+# only place they are mapped: ViTConfig resolves them when it is made, so the rest of minivit sees
+# only KINDS. "relative" was the learned 2D offset bias, before the paper's 1-D relative attention
+# ("relative_1d") was added; it was renamed to say what it is.
+ALIASES = {"relative": "relative_bias_2d"}
 
 
-def relative_position_index(grid, num_prefix_tokens=1):
-    """(N, N) int64 indices into a table of `relative_table_size(grid, prefix)` entries: every
-    (query, key) patch pair's 2D offset ("relative_bias_2d"), plus three entries for pairs with the
-    class token (cls->patch, patch->cls, cls->cls)."""
-    gh, gw = grid
-    ys, xs = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
-    ys, xs = ys.reshape(-1), xs.reshape(-1)  # (Np,)
-    dy = ys[:, None] - ys[None, :] + gh - 1  # in [0, 2gh-2]
-    dx = xs[:, None] - xs[None, :] + gw - 1
-    patch_index = dy * (2 * gw - 1) + dx  # (Np, Np)
-    return _with_class_token(patch_index, (2 * gh - 1) * (2 * gw - 1), num_prefix_tokens)
+def resolve(kind):
+    """The kind `kind` names today: itself, or the new name of an old one (ALIASES)."""
+    return ALIASES.get(kind, kind) if isinstance(kind, str) else kind
 
 
-def relative_table_size(grid, num_prefix_tokens=1):
-    """Entries of a "relative_bias_2d" table: one per 2D offset, three more with a class token."""
-    gh, gw = grid
-    return (2 * gh - 1) * (2 * gw - 1) + (3 if num_prefix_tokens else 0)
+def kind_of(name):
+    """The class of kind `name` (an old name resolved); ValueError listing the kinds otherwise."""
+    resolved = resolve(name)
+    if not isinstance(resolved, str) or resolved not in KINDS:
+        old = ", ".join(f"{a!r} (= {b!r})" for a, b in ALIASES.items())
+        raise ValueError(f"pos_embed must be one of {tuple(KINDS)} (or the old name {old}), got {name!r}")
+    return KINDS[resolved]
 
 
-def relative_1d_index(grid, num_prefix_tokens=1):
-    """(N, N) int64 indices into a table of `relative_1d_table_size(grid, prefix)` entries
-    ("relative_1d"): patch pair (q, k), raster positions p_q and p_k, reads entry p_q - p_k + Np - 1
-    (the offset shifted to [0, 2Np - 2]); then three entries for pairs with the class token, as in
-    `relative_position_index`."""
-    num_patches = grid[0] * grid[1]
-    p = np.arange(num_patches)  # raster order: p = row * gw + column
-    patch_index = p[:, None] - p[None, :] + num_patches - 1  # (Np, Np)
-    return _with_class_token(patch_index, 2 * num_patches - 1, num_prefix_tokens)
+def resizable():
+    """The names of the kinds whose arrays move to another patch grid."""
+    return tuple(name for name, kind in KINDS.items() if kind.resizes)
 
 
-def relative_1d_table_size(grid, num_prefix_tokens=1):
-    """Entries of a "relative_1d" table: 2Np - 1 offsets, three more with a class token."""
-    return 2 * grid[0] * grid[1] - 1 + (3 if num_prefix_tokens else 0)
+def check(name, where, embed_dim):
+    """ValueError for a kind / place / width that do not go together (ViTConfig calls this)."""
+    kind = kind_of(name)
+    if where not in WHERE:
+        raise ValueError(f"pos_embed_at must be one of {WHERE}, got {where!r}")
+    if where not in kind.places:
+        fits = " or ".join(repr(n) for n, other in KINDS.items() if where in other.places)
+        raise ValueError(f"pos_embed_at={where!r} needs pos_embed={fits}, got pos_embed={kind.name!r}")
+    kind.check_width(embed_dim)
 
 
-def _with_class_token(patch_index, n, num_prefix_tokens):
-    """patch_index (Np, Np) into n patch-offset entries, extended to (N, N) with a class token:
-    entry n for the class token attending to a patch, n + 1 for a patch attending to it, n + 2
-    for the class token attending to itself."""
-    if num_prefix_tokens == 0:
-        return patch_index
-    if num_prefix_tokens != 1:
-        raise ValueError("relative position embeddings support at most one prefix (class) token")
-    N = len(patch_index) + 1
-    index = np.empty((N, N), dtype=np.int64)
-    index[1:, 1:] = patch_index
-    index[0, 1:] = n  # class token attending to a patch
-    index[1:, 0] = n + 1  # a patch attending to the class token
-    index[0, 0] = n + 2
-    return index
+def create(cfg, grid, num_prefix_tokens, dtype=np.float32, params=None, ops=AUTOGRAD_OPS):
+    """The position embedding a ViTConfig asks for, on `grid`. params=None: new Parameters,
+    initialised, with weight decay off for all but the kind's `decayed`; else it reads these
+    arrays by name (the model's own Parameters after a change of grid, or, with ops=jax_ops(),
+    the JAX bridge's arrays)."""
+    check(cfg.pos_embed, cfg.pos_embed_at, cfg.embed_dim)
+    kind = kind_of(cfg.pos_embed)
+    pe = kind(cfg, grid, num_prefix_tokens, dtype)  # its constants for this grid
+    shapes = kind.shapes(cfg, grid, num_prefix_tokens)
+    if params is None:
+        pe.params = {name: nn.Parameter(kind.init(shape, dtype), no_weight_decay=name not in kind.decayed)
+                     for name, shape in shapes.items()}
+    else:
+        pe.params = {name: params[name] for name in shapes}
+    pe.ops = ops
+    return pe
 
 
-def interpolate_grid(emb, old_grid, new_grid):
-    """Bilinearly resample per-patch embeddings (gh*gw, D) laid out on `old_grid` to `new_grid`
-    (half-pixel centres, as align_corners=False)."""
-    (oh, ow), (nh, nw) = old_grid, new_grid
-    grid = emb.reshape(oh, ow, -1).astype(np.float64)
-
-    def weights(n_out, n_in):
-        pos = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
-        lo = np.floor(pos).astype(int)
-        hi = np.minimum(lo + 1, n_in - 1)
-        return lo, hi, (pos - lo)[:, None]
-
-    y0, y1, wy = weights(nh, oh)
-    x0, x1, wx = weights(nw, ow)
-    rows = grid[y0] * (1 - wy)[:, :, None] + grid[y1] * wy[:, :, None]  # (nh, ow, D)
-    out = rows[:, x0] * (1 - wx)[None] + rows[:, x1] * wx[None]  # (nh, nw, D)
-    return out.reshape(nh * nw, -1).astype(emb.dtype)
-
-
-def resize_pos_embed(pos_embed, old_grid, new_grid, num_prefix_tokens):
-    """(L, prefix + gh*gw, D) -> (L, prefix + gh'*gw', D) by bilinear interpolation of the grid part
-    (L = 1, or one embedding per block); the prefix (class token) rows are kept."""
-    if tuple(old_grid) == tuple(new_grid):
-        return pos_embed
-    return np.stack([np.concatenate([layer[:num_prefix_tokens],
-                                     interpolate_grid(layer[num_prefix_tokens:], old_grid, new_grid)])
-                     for layer in pos_embed])
+def num_parameters(cfg, grid, num_prefix_tokens):
+    """How many learned numbers `create(cfg, ...)` makes, without making them."""
+    return sum(math.prod(shape) for shape in kind_of(cfg.pos_embed).shapes(cfg, grid, num_prefix_tokens).values())

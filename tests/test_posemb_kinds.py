@@ -146,20 +146,20 @@ def test_relative_1d_bias_gradients_match_central_differences_for_the_table_and_
     cfg = ViTConfig(img_size=8, patch_size=4, embed_dim=6, depth=2, num_heads=2, pos_embed="relative_1d")
     pe = posemb.create(cfg, cfg.grid_size, 1, np.float64)  # Np = 4, N = 5, R = 10, hd = 3
     rng = np.random.default_rng(0)
-    table = rng.standard_normal(pe.rel_pos_embed.shape)  # (L, Hh, R, hd)
+    table = rng.standard_normal(pe.params["rel_pos_embed"].shape)  # (L, Hh, R, hd)
     q0 = rng.standard_normal((2, 2, 5, 3))  # (B, Hh, N, hd)
     upstream = rng.standard_normal((2, 2, 5, 5))
     layer = 1
 
     def loss(table_values, q_values):
-        pe.rel_pos_embed.data = table_values
+        pe.params["rel_pos_embed"].data = table_values
         q = Tensor(q_values, requires_grad=True)
         return (pe.attention_bias(layer)(q) * upstream).sum(), q
 
     value, q = loss(table.copy(), q0.copy())
-    pe.rel_pos_embed.grad = None
+    pe.params["rel_pos_embed"].grad = None
     value.backward()
-    grads = {"table": pe.rel_pos_embed.grad, "q": q.grad}
+    grads = {"table": pe.params["rel_pos_embed"].grad, "q": q.grad}
     assert np.all(grads["table"][1 - layer] == 0)  # another block's table gets nothing
     eps = 1e-6
     for name, base in (("table", table), ("q", q0)):

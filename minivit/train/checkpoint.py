@@ -25,17 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import npz
+from .. import npz, posemb
 from ..device import to_host
 
 FORMAT = "minivit-checkpoint"
 VERSION = 1
 DTYPES = ("float32", "float64")
-# Position embeddings whose weights do not pin the token count N to their own size ("sincos" and
-# "none" hold no weights; "relative_bias_2d" (~4N entries) and "relative_1d" (~2N entries) build an
-# (N, N) index, and a (B, Hh, N, N) bias, from a table that grows only as N): N is bounded.
-# 2**14 tokens: a 2048 x 2048 image in 16 x 16 patches; a relative index is then 2 GiB.
-UNPINNED_POS_EMBEDS = ("sincos", "none", "relative_bias_2d", "relative_1d")
+# The token count N allowed with a position embedding whose weights do not pin N to their own size
+# (posemb.KINDS[...].weights_pin_tokens False: no weights at all, or a relative table that grows only as
+# N while its (N, N) index and (B, Hh, N, N) bias grow as N^2). 2**14 tokens: a 2048 x 2048 image in
+# 16 x 16 patches; a relative index is then 2 GiB.
 MAX_UNPINNED_TOKENS = 1 << 14
 
 
@@ -223,11 +222,9 @@ def model_from_checkpoint(path_or_ckpt, **overrides):
 def size_shapes(config) -> dict[str, tuple]:
     """The shapes of the weights whose size grows with the config's size fields, by timm's names
     (DESIGN.md): patch projection (D, C, P, P), the first block's qkv (3D, D) and fc1 (M, D),
-    pre-logits, head, and the position embedding where its shape fixes the token count N."""
-    from .. import posemb
-
+    pre-logits, head, and the position embedding's parameters (their shapes, by its kind in
+    posemb.KINDS)."""
     D, C, P = config.embed_dim, config.in_chans, config.patch_size
-    gh, gw = config.grid_size
     prefix = 1 if config.class_token else 0
     shapes = {"patch_embed.proj.weight": (D, C, P, P), "blocks.0.attn.qkv.weight": (3 * D, D),
               "blocks.0.mlp.fc1.weight": (int(D * config.mlp_ratio), D)}
@@ -235,16 +232,7 @@ def size_shapes(config) -> dict[str, tuple]:
         shapes["pre_logits.fc.weight"] = (config.representation_size, D)
     if config.num_classes > 0:
         shapes["head.weight"] = (config.num_classes, config.representation_size or D)
-    if config.pos_embed == "learn":
-        layers = config.depth if config.pos_embed_at == "every_block" else 1
-        shapes["pos_embed"] = (layers, prefix + gh * gw, D)
-    elif config.pos_embed == "learn_2d":
-        shapes["pos_embed_y"], shapes["pos_embed_x"] = (1, gh, D // 2), (1, gw, D // 2)
-    elif config.pos_embed == "relative_bias_2d":
-        shapes["rel_pos_bias"] = (config.depth, config.num_heads, posemb.relative_table_size((gh, gw), prefix))
-    elif config.pos_embed == "relative_1d":
-        shapes["rel_pos_embed"] = (config.depth, config.num_heads, posemb.relative_1d_table_size((gh, gw), prefix),
-                                   D // config.num_heads)
+    shapes.update(posemb.kind_of(config.pos_embed).shapes(config, config.grid_size, prefix))  # tuples: no allocation
     return shapes
 
 
@@ -267,7 +255,7 @@ def check_weights_fit_config(ckpt, config) -> None:
             raise CheckpointError(f"checkpoint {where} does not match its own config: {key} should be {shape} "
                                   f"for {_config_summary(config)}, " + (f"but is {got}" if got else "but is missing"))
     tokens = (1 if config.class_token else 0) + config.grid_size[0] * config.grid_size[1]
-    if config.pos_embed in UNPINNED_POS_EMBEDS and tokens > MAX_UNPINNED_TOKENS:
+    if not posemb.kind_of(config.pos_embed).weights_pin_tokens and tokens > MAX_UNPINNED_TOKENS:
         raise CheckpointError(f"checkpoint {where}: img_size={config.img_size} with patch_size={config.patch_size} "
                               f"makes {tokens} tokens, more than the {MAX_UNPINNED_TOKENS} minivit accepts with "
                               f"pos_embed={config.pos_embed!r}, whose weights do not confirm the image size")
