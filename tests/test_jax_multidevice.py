@@ -111,7 +111,7 @@ def _trainer_runs(tmp):
     for n in (1, DEVICES):
         cfg = TrainConfig(model="vit_testing", model_kwargs={"embed_dim": 32, "depth": 2, "num_heads": 2},
                           dataset="procedural", num_samples=316, val_size=60, epochs=2, batch_size=32, lr=2e-3,
-                          warmup_epochs=0.5, eval_test=False, progress=False, max_steps=12,
+                          warmup_epochs=0.5, eval_test="never", progress=False, max_steps=12,
                           out_dir=str(Path(tmp) / f"run{n}"))
         trainer = Recording(cfg, devices=n)
         trainer.losses = []

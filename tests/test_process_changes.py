@@ -267,5 +267,5 @@ def test_the_readme_and_minivits_docstring_point_to_the_list_of_process_changes(
     assert "kernels/cpu/process.py" in minivit.__doc__
     listed = process.__doc__
     for what in ("NUMBA_THREADING_LAYER", "libtbb", "OpenBLAS", "minivit-blas", "MINIVIT_KEEP_FREED_MEMORY",
-                 "keep_freed_memory(False)", "SIGINT", "XLA_FLAGS", "os.environ"):
+                 "keep_freed_memory(False)", "SIGINT", "jax_num_cpu_devices", "SIGTERM", "os.environ"):
         assert what in listed, f"kernels/cpu/process.py does not mention {what}"

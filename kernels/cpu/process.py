@@ -54,10 +54,16 @@ Scoped by the library (put back on exit):
 
 Only when asked for:
 
-7. XLA_FLAGS in os.environ: `minivit.train.jax_trainer.request_host_devices(n)` with n > 1 adds
-   --xla_force_host_platform_device_count, which XLA reads only from the environment.
+7. JAX's CPU device count: `minivit.train.jax_trainer.request_host_devices(n)` (`minivit train
+   --backend jax --devices n`) with n > 1 sets JAX's `jax_num_cpu_devices` option (not
+   XLA_FLAGS), before JAX starts its backend. Undo: no, once JAX has started.
+8. Several JAX processes (`minivit train --backend jax` with --coordinator-address ..., or on a
+   cluster JAX detects: a TPU pod slice, SLURM): jax.distributed.initialize joins them, and JAX
+   then catches SIGTERM (its preemption service) so that every process saves after the same step
+   (minivit/train/distributed.py). Opt out: --num-processes 1, or
+   jax.config.update("jax_enable_preemption_service", False) before the run.
 
-Never: minivit does not write os.environ otherwise (no OMP_*, OPENBLAS_*, KMP_* or NUMBA_*
+Never: minivit does not write os.environ (no OMP_*, OPENBLAS_*, KMP_*, NUMBA_* or XLA_*
 variable), does not import threadpoolctl (its import writes KMP_DUPLICATE_LIB_OK), and overrides
 neither numba.set_num_threads (read at each product) nor a threading layer the user chose.
 """

@@ -22,6 +22,7 @@ import sys
 
 from .args import (DATASETS, add_device_arg, add_train_args, shown, name_list, nonnegative_float, nonnegative_int,
                    positive_float, positive_int, positive_int_list, train_config_from_args)
+from .args import add_distributed_args
 from .checkpoints import cmd_analyze, cmd_convert, cmd_eval, cmd_fewshot, cmd_predict
 from .listing import cmd_bench, cmd_kernels, cmd_models, cmd_recipes
 from .training import cmd_demo, cmd_pretrain, cmd_sweep, cmd_train
@@ -40,6 +41,7 @@ def build_parser():
     t.add_argument("--devices", type=positive_int,
                    help="--backend jax: data parallel over this many devices (default all; on a CPU, "
                         "this many host devices)")
+    add_distributed_args(t)
     t.set_defaults(func=cmd_train)
 
     pt = sub.add_parser("pretrain", help="self-supervised pre-training of a ViT: masked patch prediction "

@@ -13,30 +13,53 @@ def cmd_train(args):
     if args.backend == "jax" and cfg.device != "cpu":
         raise SystemExit("--device is the NumPy/CuPy backend's; with --backend jax, JAX picks its devices "
                          "(--devices N; its GPU build for a GPU)")
+    say = print  # with several processes, only the first one prints
     if args.backend == "jax":
         try:
+            from ..train import distributed
             from ..train.jax_trainer import JaxTrainer, request_host_devices
         except ImportError as e:
             raise SystemExit(f"--backend jax needs JAX ({e}): pip install 'minivit[jax]'")
-        request_host_devices(args.devices)  # before JAX computes anything
-        trainer = JaxTrainer(cfg, resume=args.resume, devices=args.devices)
-        print(f"JAX on {trainer.mesh.size} device(s): {', '.join(str(d) for d in trainer.mesh.devices.flat)}")
+        _join_processes(args, distributed)  # before JAX computes anything
+        request_host_devices(args.devices)  # likewise; with several processes, this process's CPU devices
+        processes = distributed.processes()
+        trainer = JaxTrainer(cfg, resume=args.resume, devices=args.devices if processes.count == 1 else None)
+        say = print if processes.first else (lambda *a, **k: None)
+        of = f" of {processes.count} processes" if processes.count > 1 else ""
+        say(f"JAX on {trainer.mesh.size} device(s){of}: {', '.join(str(d) for d in trainer.mesh.devices.flat)}")
     else:
         if args.devices is not None:
             raise SystemExit("--devices needs --backend jax")
+        if _several_processes_asked(args):
+            raise SystemExit("--coordinator-address, --num-processes and --process-id need --backend jax")
         from ..train import Trainer
 
         trainer = Trainer(cfg, resume=args.resume)
     m = trainer.model
-    print(f"model {cfg.model}: {m.num_parameters():,} parameters, {m.config.depth} blocks of width "
-          f"{m.config.embed_dim}, {m.num_tokens} tokens; {len(trainer.train_set)} training images; "
-          f"run folder {trainer.out}")
+    say(f"model {cfg.model}: {m.num_parameters():,} parameters, {m.config.depth} blocks of width "
+        f"{m.config.embed_dim}, {m.num_tokens} tokens; {len(trainer.train_set)} training images; "
+        f"run folder {trainer.out}")
     start = time.perf_counter()
     final = trainer.fit()
     minutes = (time.perf_counter() - start) / 60
     summary = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in final.items())
-    print(f"done in {minutes:.1f} min: {summary}\nrun folder: {trainer.out}")
+    say(f"done in {minutes:.1f} min: {summary}\nrun folder: {trainer.out}")
     return 0
+
+
+def _several_processes_asked(args):
+    return any(v is not None for v in (args.coordinator_address, args.num_processes, args.process_id))
+
+
+def _join_processes(args, distributed):
+    """distributed.initialize from the flags (none of them: JAX looks for a cluster itself); says
+    first how long it will wait, since a process that never joins ends this one in JAX's C++."""
+    if None not in (args.coordinator_address, args.num_processes, args.process_id) and args.num_processes > 1:
+        print(f"process {args.process_id} of {args.num_processes}: joining through {args.coordinator_address} "
+              f"(waiting up to {args.init_timeout} s for every process; one lost for {args.heartbeat_timeout} s "
+              "stops the others)", flush=True)
+    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                           init_timeout_s=args.init_timeout, heartbeat_timeout_s=args.heartbeat_timeout)
 
 
 def cmd_pretrain(args):

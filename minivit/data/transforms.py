@@ -52,12 +52,24 @@ def random_crop_flip(x: np.ndarray, rng: np.random.Generator, pad: int = 4,
     Returns (B, H, W, C) of x's dtype: a view of a channels-first array, which is exactly what
     normalize's transpose to (B, C, H, W) wants (no second copy).
     """
-    if padding_mode not in PADDING_MODES:
-        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
-    B, H, W, C = x.shape
+    return crop_flip(x, *crop_flip_draws(rng, len(x), pad, flip), pad, padding_mode)
+
+
+def crop_flip_draws(rng: np.random.Generator, B: int, pad: int = 4, flip: bool = True):
+    """random_crop_flip's draws for a batch of B images, in its order: oy (B,), ox (B,), flips (B,)."""
     oy = rng.integers(0, 2 * pad + 1, size=B)
     ox = rng.integers(0, 2 * pad + 1, size=B)
     flips = rng.random(B) < 0.5 if flip else np.zeros(B, bool)
+    return oy, ox, flips
+
+
+def crop_flip(x: np.ndarray, oy, ox, flips, pad: int = 4, padding_mode: str = "zeros") -> np.ndarray:
+    """Image b of x (B, H, W, C) cropped at (oy[b], ox[b]) of its padded copy, flipped where
+    flips[b]. Apart from random_crop_flip so that some rows of a batch (one process's part of a
+    global batch) get the crops the whole batch's draws give them."""
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+    B, H, W, C = x.shape
     if padding_mode == "reflect":
         padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")  # (B, H+2p, W+2p, C)
     else:

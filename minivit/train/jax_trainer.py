@@ -15,43 +15,66 @@ Randomness: dropout and drop-path keys are `fold_in(key(seed), step)`, a functio
 alone, so a resumed run draws the same masks without storing a JAX key. They are not the NumPy
 trainer's masks (that one draws from minivit.rng); without dropout the two backends take the same
 steps to float32 rounding.
+
+Several processes (distributed.py: one per host of a TPU pod slice or a GPU cluster, joined by
+distributed.initialize before the trainer is made): the mesh spans every process's devices;
+each process loads only its rows of every batch; checkpoints are written once, by process 0,
+between barriers; metrics, plots and the progress bar come from process 0 only
+(Trainer.writes_outputs); Ctrl-C or a preemption notice in any process stops all of them after
+the same step, with a checkpoint. The same code runs with one process.
 """
 from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .. import jax_bridge as jb
+from . import distributed
 from .trainer import Trainer
 
 
 def request_host_devices(n):
-    """Ask XLA for n CPU devices (data parallel on one machine: tests, trying the mesh). Must run
-    before JAX first computes anything (importing it is fine); harmless on GPUs; a no-op for 1."""
+    """Ask JAX for n CPU devices (data parallel on one machine: tests, trying the mesh), through
+    its `jax_num_cpu_devices` option, not the environment. Must run before JAX first computes
+    anything (importing it is fine); harmless on GPUs; a no-op for 1."""
     if not n or n == 1:
         return
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
-    os.environ["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={n}"])
-    if jax.default_backend() == "cpu" and len(jax.devices()) < n:
-        raise RuntimeError(f"JAX already started with {len(jax.devices())} CPU device(s): call "
+    try:
+        jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError:  # the CPU backend is already up: say so below if it has too few devices
+        pass
+    if jax.default_backend() == "cpu" and len(jax.local_devices()) < n:
+        raise RuntimeError(f"JAX already started with {len(jax.local_devices())} CPU device(s): call "
                            f"request_host_devices({n}) before any JAX computation")
 
 
 class JaxTrainer(Trainer):
     """A Trainer whose steps and evaluations run in JAX, data parallel over `devices` (an int, a
-    list of jax devices, or None for all devices of the default backend)."""
+    list of jax devices, or None for all devices of the default backend; with several processes,
+    None: every device of every process)."""
 
     backend = "jax"
 
     def __init__(self, cfg, resume=False, devices=None):
+        self.processes = distributed.processes()
+        if self.processes.count > 1:
+            _check_multiprocess_options(cfg, devices)
+        self.writes_outputs = self.processes.first
+        cfg = cfg if self.processes.first else replace(cfg, progress=False)  # one progress bar
         super().__init__(cfg, resume=resume)  # data, model, optimizer, schedule; a resume loads them
-        self.mesh = jb.data_mesh(devices)
+        self.mesh = distributed.global_mesh() if self.processes.count > 1 else jb.data_mesh(devices)
         if cfg.batch_size % self.mesh.size:
             raise ValueError(f"batch size {cfg.batch_size} does not split evenly over {self.mesh.size} devices")
+        self.rows = distributed.local_rows(self.mesh, cfg.batch_size)  # all of them with one process
+        self.train_loader.rows = self.rows  # this process loads only its rows of every batch
+        distributed.check_same({k: getattr(cfg, k) for k in cfg.trajectory_keys()} | {"step": self.step},
+                               "the training options or the step resumed from")
         self.spec = jb.optimizer_spec(self.optimizer, self.model)  # one lr for all groups: the step takes one
         params, self.apply_fn = jb.to_jax(self.model)
         self.params = jb.replicate(params, self.mesh)
@@ -64,10 +87,11 @@ class JaxTrainer(Trainer):
 
     # ---- one step ------------------------------------------------------------------------------
     def train_step(self, x, y):
-        """One step on the devices at the schedule's learning rate; returns (loss, number correct)."""
+        """One step on the devices at the schedule's learning rate; x and y are this process's rows
+        of the batch (all of it with one process). Returns (loss, number correct) of the whole batch."""
         lr = self.optimizer.param_groups[0]["lr"]
         key = jax.random.fold_in(self._key, self.step)
-        x, y = jb.shard_batch((x, y), self.mesh)
+        x, y = distributed.global_batch((x, y), self.mesh, self.cfg.batch_size)
         self.params, self.opt_state, loss, correct = self._step_fn(
             self.params, self.opt_state, x, y, np.float32(lr), key)
         value = float(loss)
@@ -81,7 +105,8 @@ class JaxTrainer(Trainer):
         return value, int(correct)
 
     def evaluate(self, loader):
-        """(mean loss, accuracy) over a loader, the forward in JAX, the loss as trainer.evaluate's."""
+        """(mean loss, accuracy) over a loader, the forward in JAX, the loss as trainer.evaluate's.
+        Every process loads the whole evaluation batch (no augmentation: cheap) and feeds its rows."""
         from .. import functional as F
 
         total_loss, correct, count = 0.0, 0, 0
@@ -89,7 +114,9 @@ class JaxTrainer(Trainer):
         for x, y in loader.epoch(0):
             pad = -len(x) % n  # the last batch, padded to split over the devices
             x_full = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
-            logits = np.asarray(self._predict(self.params, jb.shard_batch(x_full, self.mesh)))[:len(x)]
+            rows = distributed.local_rows(self.mesh, len(x_full))
+            x_global = distributed.global_batch(x_full[rows], self.mesh, len(x_full))
+            logits = distributed.to_host(self._predict(self.params, x_global))[:len(x)]
             total_loss += float(F.cross_entropy(logits, y).item()) * len(y)
             correct += int((logits.argmax(axis=1) == y).sum())
             count += len(y)
@@ -99,11 +126,26 @@ class JaxTrainer(Trainer):
     def fit(self):
         final = super().fit()
         self.sync_to_minivit()
+        distributed.barrier("minivit fit done")  # process 0's last writes are done before any process exits
         return final
 
     def save(self, path=None):
+        """Process 0 writes the checkpoint once every process has reached this step; all go on
+        once it is written (atomically: a process lost meanwhile leaves the previous one whole)."""
         self.sync_to_minivit()
-        return super().save(path)
+        name = Path(path or "checkpoint.npz").name
+        distributed.barrier(f"minivit: save {name} at step {self.step}")
+        written = super().save(path) if self.processes.first else Path(path or self.out / "checkpoint.npz")
+        distributed.barrier(f"minivit: {name} saved at step {self.step}")
+        return written
+
+    def _after_step(self, loss, bar):
+        """With several processes, a Ctrl-C in any of them or a preemption notice (SIGTERM) stops
+        every one after this same step, with a checkpoint (Trainer's Ctrl-C path)."""
+        if self.processes.count > 1 and (distributed.any_process(self._interrupted())
+                                         or distributed.preempted(self.step + 1)):
+            self._interrupted = lambda: True
+        return super()._after_step(loss, bar)
 
     def sync_to_minivit(self):
         """Copy the devices' parameters and optimizer state into the NumPy model and optimizer."""
@@ -114,6 +156,16 @@ class JaxTrainer(Trainer):
             p.data = np.array(params[name], dtype=p.data.dtype)
         optimizer_state_from_jax(state, self.optimizer, self.model, self.spec)
         self._synced_step = self.step
+
+
+def _check_multiprocess_options(cfg, devices):
+    """ValueError for what several processes cannot do together."""
+    if devices is not None:
+        raise ValueError(f"with {jax.process_count()} processes the mesh is every device of every process; got "
+                         f"devices={devices!r} (on the CPU, request_host_devices(n) sets each process's count)")
+    if cfg.time_limit is not None or cfg.schedule_by == "time":
+        raise ValueError("time_limit and schedule_by='time' follow this process's clock, which the other processes "
+                         "do not share: use epochs or max_steps with several processes")
 
 
 # ---- optimizer state: minivit's {index: {key: array}} <-> the bridge's {key: {name: array}} ------------
