@@ -163,7 +163,8 @@ def main(argv=None):
 
     # data: as minivit's Trainer builds it
     full = mdata.load_dataset(cfg.dataset, cfg.data_dir, "train", num_samples=cfg.num_samples, seed=cfg.seed)
-    test_set = mdata.load_dataset(cfg.dataset, cfg.data_dir, "test", seed=cfg.seed) if cfg.eval_test else None
+    test_set = (mdata.load_dataset(cfg.dataset, cfg.data_dir, "test", seed=cfg.seed)
+                if cfg.eval_test != "never" else None)
     train_set, val_set = (mdata.split_train_val(full, cfg.val_size, seed=cfg.seed) if cfg.val_size
                           else (full, None))
     mean, std = mdata.stats_for(full)
@@ -258,7 +259,7 @@ def main(argv=None):
                   "images_per_s": seen / train_seconds if train_seconds else 0.0, "img_size": size,
                   "lr": optimizer.param_groups[0]["lr"]}
         last = stop is not None or epoch + 1 == cfg.epochs
-        records.append(evaluate_all(record, cfg.eval_test == "epoch" or (last and bool(cfg.eval_test))))
+        records.append(evaluate_all(record, cfg.eval_test == "epoch" or (last and cfg.eval_test == "end")))
         if stop:
             records[-1]["stopped"] = stop
             break

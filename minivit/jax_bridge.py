@@ -9,17 +9,17 @@ The forward below is vit.py piece by piece (the paper's Eq. 1-4), one plain func
 taking that module's parameters: patch_embed, attention, mlp, block, forward_features,
 forward_head. Parameters keep the flat state-dict names (`blocks.0.attn.qkv.weight`); `_sub(p,
 "blocks.0")` hands a block its own entries, as a Module owns its attributes. Position embeddings
-take every kind of posemb.KINDS (learn, none, learn_2d, sincos, relative_1d, relative_bias_2d;
-added at the input, before every block, or one shared before every block) behind the same two
-calls: `posemb_add(layer)` and `attention_bias(layer)`. Dropout and drop-path need an explicit
-key in training: `apply_fn(params, x, train=True, rng=key)`.
+are posemb.py's own classes reading the JAX arrays (`position_embedding`), so every kind of
+posemb.KINDS runs here with the code the NumPy model runs: `pe.add(x, layer)` and
+`pe.attention_bias(layer)`. Dropout and drop-path need an explicit key in training:
+`apply_fn(params, x, train=True, rng=key)`.
 
 Training, with minivit's semantics so that a run switches backend with one flag:
     cross_entropy      = functional.cross_entropy (label smoothing)
     clip_grad_norm     = optim.clip_grad_norm_ (one global L2 norm)
     optimizer_update   = optim.AdamW / Adam / SGD, per-parameter weight decay taken from the
-                         minivit optimizer's groups (train.param_groups: biases, norms, cls_token,
-                         pos_embed*, rel_pos_embed, rel_pos_bias exempt)
+                         minivit optimizer's groups (train.param_groups: each Parameter's
+                         no_weight_decay, so the same parameters are exempt in both backends)
     make_train_step    one jitted step: loss, gradients, clipping, update
 The learning rate is an argument of the step, computed on the host by `optim.lr_at` (the
 WarmupSchedule of a minivit run): one schedule for both backends, exact, and no recompilation.
@@ -169,53 +169,14 @@ def block(p, x, cfg, drop_path_rate, attn_bias=None, rng=None):
     return x
 
 
-# ---- position embeddings: posemb.py's kinds behind posemb.py's two calls ------------------------
+# ---- position embeddings: posemb.py's own code, reading JAX arrays --------------------------------
 
-def posemb_add(params, x, layer, cfg):
-    """Tokens (B, N, D) with E_pos added, if it enters before block `layer` (posemb.*.add)."""
-    kind, where = cfg.pos_embed, cfg.pos_embed_at
-    if kind == "learn":
-        table = params["pos_embed"]  # (1 or L, N, D)
-        if where == "input":
-            return x + table if layer == 0 else x
-        if where == "every_block_shared":
-            return x + table
-        return x + table[layer]  # every_block: this block's own (N, D)
-    if layer > 0 or kind == "none" or kind in posemb.RELATIVE_KINDS:
-        return x
-    if kind == "sincos":  # a constant: never trained, not in params
-        prefix = 1 if cfg.class_token else 0
-        fixed = np.zeros((1, x.shape[1], x.shape[2]), dtype=np.float32)  # (1, N, D), zero for the class token
-        fixed[0, prefix:] = posemb.sincos_2d(cfg.grid_size, cfg.embed_dim)
-        return x + fixed.astype(x.dtype)
-    (gh, gw), D2 = cfg.grid_size, cfg.embed_dim // 2  # "learn_2d": patch (i, j) gets [X_j ; Y_i]
-    ys = jnp.broadcast_to(params["pos_embed_y"].reshape(1, gh, 1, D2), (1, gh, gw, D2))
-    xs = jnp.broadcast_to(params["pos_embed_x"].reshape(1, 1, gw, D2), (1, gh, gw, D2))
-    grid = jnp.concatenate([xs, ys], axis=3).reshape(1, gh * gw, 2 * D2)  # (1, Np, D)
-    if cfg.class_token:
-        grid = jnp.concatenate([params["pos_embed_cls"], grid], axis=1)  # (1, N, D)
-    return x + grid
-
-
-def attention_bias(params, layer, cfg):
-    """What is added to block `layer`'s attention logits (posemb.*.attention_bias), else None:
-    "relative_bias_2d" an array (Hh, N, N); "relative_1d" a function of the queries q
-    (B, Hh, N, hd) -> (B, Hh, N, N)."""
+def position_embedding(params, cfg):
+    """The config's position embedding (posemb.KINDS) reading `params` with jax.numpy: the very
+    class the NumPy model runs, so every kind works here as it does there. Its constants (a sin-cos
+    table, an (N, N) index) are NumPy arrays, which jit folds into the compiled step."""
     prefix = 1 if cfg.class_token else 0
-    if cfg.pos_embed == "relative_bias_2d":
-        index = posemb.relative_position_index(cfg.grid_size, prefix)  # (N, N), a constant
-        return params["rel_pos_bias"][layer][:, index]  # (Hh, N, N)
-    if cfg.pos_embed != "relative_1d":
-        return None
-    index = posemb.relative_1d_index(cfg.grid_size, prefix)  # (N, N), a constant
-    rows = np.arange(len(index))[:, None]  # (N, 1)
-    r = params["rel_pos_embed"][layer]  # (Hh, R, hd): the embeddings play the keys
-
-    def bias(q):  # q (B, Hh, N, hd)
-        logits = (q @ r.transpose(0, 2, 1)) * q.shape[-1] ** -0.5  # (B, Hh, N, R): each query, every offset
-        return logits[:, :, rows, index]  # (B, Hh, N, N): [.., i, j] = logits[.., i, index[i, j]]
-
-    return bias
+    return posemb.create(cfg, cfg.grid_size, prefix, params=params, ops=posemb.jax_ops())
 
 
 # ---- the model ---------------------------------------------------------------------------------
@@ -232,12 +193,13 @@ def forward_features(params, x, cfg, rng=None):
     if cfg.class_token:
         cls = jnp.broadcast_to(params["cls_token"], (B, 1, D))  # (B, 1, D): x_class
         x = jnp.concatenate([cls, x], axis=1)  # (B, N, D)
-    x = dropout(posemb_add(params, x, 0, cfg), cfg.drop_rate, r[0])  # z_0 (Eq. 1)
+    pe = position_embedding(params, cfg)
+    x = dropout(pe.add(x, layer=0), cfg.drop_rate, r[0])  # z_0 (Eq. 1)
     rates = np.linspace(0, cfg.drop_path_rate, cfg.depth)  # stochastic depth grows with depth
     for i in range(cfg.depth):
         if i > 0:
-            x = posemb_add(params, x, i, cfg)  # only App. D.4's "every block" variants add E_pos again
-        x = block(_sub(params, f"blocks.{i}"), x, cfg, float(rates[i]), attention_bias(params, i, cfg), r[1 + i])
+            x = pe.add(x, layer=i)  # only App. D.4's "every block" variants add E_pos again
+        x = block(_sub(params, f"blocks.{i}"), x, cfg, float(rates[i]), pe.attention_bias(i), r[1 + i])
     return x if _uses_fc_norm(cfg) else layer_norm(_sub(params, "norm"), x, cfg.norm_eps)  # (B, N, D)
 
 
@@ -363,7 +325,7 @@ def data_mesh(devices=None):
         n = len(available) if devices is None else devices
         if not 1 <= n <= len(available):
             raise ValueError(f"asked for {n} devices, JAX sees {len(available)}: {available} (on the CPU, "
-                             f"XLA_FLAGS=--xla_force_host_platform_device_count={n} before JAX's first computation)")
+                             f"minivit.train.jax_trainer.request_host_devices({n}) before JAX's first computation)")
         devices = available[:n]
     return Mesh(np.array(devices), ("data",))
 

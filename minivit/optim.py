@@ -9,10 +9,15 @@ Numba version runs it in one fused pass, and on the GPU one multi-tensor launch 
 parameter of a step (the kernel's `foreach`). Schedules: linear warm-up, then cosine or linear
 decay (the paper's fine-tuning and pre-training schedules, Appendix B.1).
 
+Two tables name what a training run can choose, and nothing else lists them (TrainConfig and
+the `minivit train` flags read their keys): OPTIMIZERS (name -> how a TrainConfig builds it) and
+SCHEDULES (name -> the decay after the warm-up).
+
 Devices: optimizer state lives on its parameter's device (made there; loaded there from a
 checkpoint's host arrays; moved there at the next step if the model was moved after the
-optimizer was made). On the GPU, clip_grad_norm_ computes the norm and scales the gradients
-without copying anything to the host, and returns the norm as a 0-d GPU array.
+optimizer was made). clip_grad_norm_ returns the norm as a 0-d float64 array of the gradients'
+array module on every device (as torch returns a tensor): on the GPU neither the norm nor the
+clipping factor is copied to the host; `float(norm)` reads it when a number is wanted.
 """
 from __future__ import annotations
 
@@ -175,11 +180,12 @@ class Adam(AdamW):
 
 def clip_grad_norm_(parameters, max_norm: float):
     """Scale all gradients together so that their global L2 norm is at most max_norm; returns the
-    norm before clipping (as torch.nn.utils.clip_grad_norm_): a float on the CPU, a 0-d array on
-    the GPU, where neither the norm nor the factor is copied to the host."""
+    norm before clipping (as torch.nn.utils.clip_grad_norm_) as a 0-d float64 array of the
+    gradients' array module: NumPy on the CPU, CuPy on the GPU (where neither the norm nor the
+    factor is copied to the host). No gradients: a NumPy 0. `float(norm)` gives a number."""
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
-        return 0.0
+        return np.zeros((), np.float64)
     if device_of(grads[0]) == "gpu":
         return _clip_on_device(grads, max_norm)
     total = math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads))
@@ -187,7 +193,7 @@ def clip_grad_norm_(parameters, max_norm: float):
     if scale < 1.0:
         for g in grads:
             g *= g.dtype.type(scale)
-    return total
+    return np.asarray(total, np.float64)
 
 
 def _clip_on_device(grads, max_norm):
@@ -203,22 +209,57 @@ def _clip_on_device(grads, max_norm):
     return total
 
 
-SCHEDULES = ("cosine", "linear", "constant")
+# ---- the optimizers a training run can name (TrainConfig.optimizer, `minivit train --optimizer`) --------
+# name -> build(param_groups, cfg): cfg is a TrainConfig (lr; for SGD momentum and nesterov); each
+# group brings its own weight_decay (minivit.train.param_groups); betas and eps are the defaults.
+OPTIMIZERS = {
+    "adamw": lambda groups, cfg: AdamW(groups, lr=cfg.lr),
+    "adam": lambda groups, cfg: Adam(groups, lr=cfg.lr),
+    # Nesterov momentum unless cfg.nesterov is False, as timm's "sgd" (its "momentum" is the plain kind)
+    "sgd": lambda groups, cfg: SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov),
+}
+
+
+def create_optimizer(name: str, param_groups, cfg) -> Optimizer:
+    """The optimizer that OPTIMIZERS names, over `param_groups`, with cfg's hyper-parameters."""
+    return _lookup(OPTIMIZERS, "optimizer", name)(param_groups, cfg)
+
+
+# ---- learning-rate schedules: the decay after the warm-up ----------------------------------------
+# name -> decay(progress, base_lr, min_lr), progress running from 0 (end of warm-up) to 1 (total_steps)
+def cosine_decay(progress, base_lr, min_lr):
+    """Half a cosine from base_lr down to min_lr."""
+    return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def linear_decay(progress, base_lr, min_lr):
+    """A straight line from base_lr down to min_lr."""
+    return base_lr + (min_lr - base_lr) * progress
+
+
+def constant_lr(progress, base_lr, min_lr):
+    """base_lr throughout; min_lr is not used."""
+    return base_lr
+
+
+SCHEDULES = {"cosine": cosine_decay, "linear": linear_decay, "constant": constant_lr}
+
+
+def _lookup(table, what, name):
+    """table[name], or a ValueError naming what was given and what the table holds."""
+    if not isinstance(name, str) or name not in table:
+        raise ValueError(f"{what} must be one of {', '.join(table)}, got {name!r}")
+    return table[name]
 
 
 def lr_at(step, base_lr, total_steps, warmup_steps=0, schedule="cosine", min_lr=0.0):
-    """Learning rate at `step` (0-based): linear warm-up from 0 over `warmup_steps`, then
-    "cosine" or "linear" decay to `min_lr` at `total_steps`, or "constant"."""
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    """Learning rate at `step` (0-based): linear warm-up from 0 over `warmup_steps`, then the
+    decay SCHEDULES names, from base_lr to `min_lr` at `total_steps` (and after it)."""
+    decay = _lookup(SCHEDULES, "schedule", schedule)
     if step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
-    if schedule == "constant":
-        return base_lr
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    if schedule == "cosine":
-        return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
-    return base_lr + (min_lr - base_lr) * progress  # "linear"
+    return decay(progress, base_lr, min_lr)
 
 
 class WarmupSchedule:
@@ -227,8 +268,7 @@ class WarmupSchedule:
     the step count, so `set_step(n)` puts a resumed run back on the same curve."""
 
     def __init__(self, optimizer, total_steps, warmup_steps=0, schedule="cosine", min_lr=0.0):
-        if schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        _lookup(SCHEDULES, "schedule", schedule)  # a ValueError now, not at the first step
         self.optimizer, self.total_steps, self.warmup_steps = optimizer, total_steps, warmup_steps
         self.schedule, self.min_lr = schedule, min_lr
         self.base_lrs = [g["lr"] for g in optimizer.param_groups]

@@ -320,8 +320,10 @@ class ResNetV2(nn.Module):
         _keep(out, "features", x)
         return x
 
-    def forward_head(self, x, pre_logits=False):
-        """Feature map (B, C, h, w) -> logits (B, K): global average pooling, then head.fc."""
+    def forward_head(self, x, pre_logits=False) -> Tensor:
+        """Feature map (B, C, h, w) -> logits (B, K): global average pooling, then head.fc; with
+        pre_logits=True the pooled (B, C). A Tensor in every case, also for an array x."""
+        x = x if isinstance(x, Tensor) else Tensor(x)
         x = x.mean(axis=(2, 3))  # (B, C)
         return x if pre_logits else self.head.fc(x)
 

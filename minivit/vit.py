@@ -33,9 +33,6 @@ from . import nn, posemb
 from .autograd import Tensor, broadcast_to, concatenate
 
 
-RESIZABLE_POS_EMBEDS = ("learn", "sincos", "none")  # the kinds ViT.set_img_size resizes (not the relative ones)
-
-
 def config_from_dict(cls, d, what):
     """cls(**d) for a config dataclass, with a TypeError naming unknown keys and the valid ones."""
     if not isinstance(d, dict):
@@ -277,7 +274,7 @@ class ViT(nn.Module):
 
         self.patch_embed = PatchEmbed(cfg, dtype)
         if cfg.class_token:
-            self.cls_token = nn.Parameter(nn.trunc_normal((1, 1, D), dtype=dtype))  # (1, 1, D)
+            self.cls_token = nn.Parameter(nn.trunc_normal((1, 1, D), dtype=dtype), no_weight_decay=True)  # (1, 1, D)
         self.posemb = posemb.create(cfg, self.grid_size, self.num_prefix_tokens, dtype)
         for name, p in self.posemb.params.items():
             setattr(self, name, p)  # registered under timm's names: pos_embed (1, N, D), ...
@@ -318,8 +315,11 @@ class ViT(nn.Module):
         _keep(out, "encoded", x)
         return x
 
-    def forward_head(self, x, pre_logits=False):
-        """Tokens (B, N, D) -> logits (B, K); with pre_logits=True the (B, D) image representation."""
+    def forward_head(self, x, pre_logits=False) -> Tensor:
+        """Tokens (B, N, D) -> logits (B, K); with pre_logits=True the image representation the head
+        reads, (B, D) or (B, representation_size). A Tensor in every case (as timm's), also for an
+        array x and a model without a head (num_classes=0)."""
+        x = x if isinstance(x, Tensor) else Tensor(x)
         if self.config.global_pool == "avg":
             x = x[:, self.num_prefix_tokens:].mean(axis=1)  # (B, D): mean of the patch tokens
         else:
@@ -371,24 +371,25 @@ class ViT(nn.Module):
 
     def set_img_size(self, img_size):
         """Take img_size x img_size images from now on, with the same patch size and weights (for
-        training at a low resolution first; `minivit.train.resolution`). The patch grid changes:
-        a learned position embedding ("learn") is resampled bilinearly to it, the class token's row
-        kept, as for fine-tuning at a higher resolution (Sec. 3.2); a sin-cos table is recomputed.
-        The Parameter stays the same object (an optimizer holds it), with a new array."""
+        training at a low resolution first; `minivit.train.resolution`). The patch grid changes,
+        and the position embedding moves to it as its kind says (posemb.KINDS[...].resize: a
+        learned table resampled bilinearly, the class token's row kept, as for fine-tuning at a
+        higher resolution, Sec. 3.2; a sin-cos table recomputed). Its Parameters stay the same
+        objects (an optimizer holds them), with new arrays."""
         cfg = self.config
-        if cfg.pos_embed not in RESIZABLE_POS_EMBEDS:
-            raise ValueError(f"set_img_size supports pos_embed in {RESIZABLE_POS_EMBEDS}, not {cfg.pos_embed!r}")
+        kind = posemb.kind_of(cfg.pos_embed)
+        if not kind.resizes:
+            raise ValueError(f"set_img_size supports pos_embed in {posemb.resizable()}, not {cfg.pos_embed!r}")
         new = dataclasses.replace(cfg, img_size=img_size)  # a ValueError if the patches do not tile it
-        old_grid, prefix = self.grid_size, self.num_prefix_tokens
+        old_grid, prefix, params = self.grid_size, self.num_prefix_tokens, self.posemb.params
+        resized = kind.resize({name: _device.to_host(p.data) for name, p in params.items()},
+                              old_grid, new.grid_size, prefix)
         self.config, self.grid_size = new, new.grid_size
         self.num_tokens = prefix + self.grid_size[0] * self.grid_size[1]
-        if cfg.pos_embed == "learn":
-            p = self.pos_embed  # (L, prefix + gh*gw, D), L = 1 or depth
-            resized = posemb.resize_pos_embed(_device.to_host(p.data), old_grid, self.grid_size, prefix)
-            p.data = _device.to_device(resized, _device.device_of(p.data))  # (L, prefix + gh'*gw', D)
-        elif cfg.pos_embed == "sincos":
-            self.posemb = posemb.create(new, self.grid_size, prefix, self.dtype)
-            self.to(_device.device_of(self.parameters()[0].data))  # the new table where the weights are
+        self.posemb = posemb.create(new, self.grid_size, prefix, self.dtype, params=params)  # constants for the grid
+        for name, p in params.items():
+            p.data = _device.to_device(resized[name], _device.device_of(p.data))
+        self.to(_device.device_of(self.parameters()[0].data))  # new constants (a table, an index) where the weights are
         return self
 
     def reset_classifier(self, num_classes):

@@ -501,7 +501,7 @@ def test_a_checkpoint_saved_on_the_gpu_resumes_on_the_cpu_and_back(fake_cuda, tm
     from minivit.train import TrainConfig, Trainer
 
     common = dict(model="vit_testing", dataset="procedural", num_samples=128, val_size=0, epochs=2, batch_size=32,
-                  out_dir=str(tmp_path / "run"), progress=False, eval_test=False, grad_clip=None,
+                  out_dir=str(tmp_path / "run"), progress=False, eval_test="never", grad_clip=None,
                   kernels=",".join(f"{k}={v}" for k, v in ON_FAKE_GPU.items()))
     Trainer(TrainConfig(**common, device="cuda", max_steps=2)).fit()
     on_cpu = Trainer(TrainConfig(**common, device="cpu"), resume=True)

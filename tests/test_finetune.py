@@ -202,7 +202,7 @@ def folder_config(data_dir, img_size, out_dir, **overrides):
     return TrainConfig(**{
         "model": "vit_testing", "dataset": "folder", "data_dir": str(data_dir), "val_size": 0, "epochs": 1,
         "batch_size": 8, "model_kwargs": {**SMALL, "img_size": img_size}, "out_dir": str(out_dir),
-        "progress": False, "eval_test": True, **overrides})
+        "progress": False, "eval_test": "epoch", **overrides})
 
 
 def test_trainer_init_from_starts_a_32px_model_from_16px_weights(folders, tmp_path):

@@ -258,7 +258,7 @@ def test_the_model_trains_from_python_with_the_trainer(tmp_path, name):
     from minivit.train import TrainConfig, Trainer
 
     cfg = TrainConfig(model=name, dataset="procedural", num_samples=96, val_size=32, epochs=1, batch_size=16,
-                      out_dir=str(tmp_path), progress=False, eval_test=False, model_kwargs={"depth": 1})
+                      out_dir=str(tmp_path), progress=False, eval_test="never", model_kwargs={"depth": 1})
     trainer = Trainer(cfg)
     before = [p.data.copy() for p in trainer.model.parameters()]
     record = trainer.fit()

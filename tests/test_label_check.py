@@ -106,7 +106,7 @@ def _config(tmp_path, **overrides):
     from minivit.train import TrainConfig
 
     values = dict(model="vit_testing", dataset="procedural", num_samples=64, val_size=0, epochs=1, batch_size=16,
-                  out_dir=str(tmp_path / "run"), progress=False, eval_test=False, grad_clip=1.0)
+                  out_dir=str(tmp_path / "run"), progress=False, eval_test="never", grad_clip=1.0)
     return TrainConfig(**{**values, **overrides})
 
 
@@ -141,7 +141,7 @@ def test_the_trainer_refuses_out_of_range_labels_before_building_a_loader(tmp_pa
     bad[split] = value
     with pytest.raises(ValueError, match=rf"procedural {split} labels must lie in \[0, 9\] for 10 classes, "
                                          rf"got values in {got}"):
-        Trainer(_config(tmp_path, eval_test=True))
+        Trainer(_config(tmp_path, eval_test="epoch"))
     assert loaders == []  # no batch was made, let alone copied to a device
 
 

@@ -228,7 +228,7 @@ def test_pretraining_exports_an_encoder_that_fine_tuning_loads_without_the_mpp_h
     assert 0 < record["val_loss"] < 10 and 0 <= record["val_acc"] <= 1 and 0 <= record["train_acc"] <= 1
     assert isinstance(pre.model, MaskedPatchPrediction) and "mask_token" in dict(pre.model.named_parameters())
     fine = Trainer(TrainConfig(model="vit_testing", epochs=1, out_dir=str(tmp_path / "ft"),
-                               init_from=str(tmp_path / "mpp" / "encoder.npz"), eval_test=False, **data))
+                               init_from=str(tmp_path / "mpp" / "encoder.npz"), eval_test="never", **data))
     pretrained = pre.model.state_dict()
     for name, value in fine.model.state_dict().items():
         if name.startswith("head."):

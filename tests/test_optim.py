@@ -266,7 +266,7 @@ def test_clip_grad_norm_matches_torch_and_returns_the_pre_clip_norm(max_norm):
     total = optim.clip_grad_norm_(params, max_norm)
     ttotal = torch.nn.utils.clip_grad_norm_(tparams, max_norm)
     expected = math.sqrt(sum(float((g**2).sum()) for g in grads[0]))
-    assert isinstance(total, float)
+    assert type(total) is np.ndarray and total.shape == () and total.dtype == np.float64
     assert total == pytest.approx(expected, rel=1e-12) and total == pytest.approx(float(ttotal), rel=1e-12)
     for p, tp, g in zip(params, tparams, grads[0]):
         np.testing.assert_allclose(p.grad, tp.grad.numpy(), rtol=1e-12)
@@ -278,7 +278,8 @@ def test_clip_grad_norm_matches_torch_and_returns_the_pre_clip_norm(max_norm):
 
 def test_clip_grad_norm_skips_missing_grads_keeps_float32_and_returns_zero_without_grads():
     params = _params([np.zeros(3, dtype=np.float32), np.zeros(4, dtype=np.float32)])
-    assert optim.clip_grad_norm_(params, 1.0) == 0.0
+    none = optim.clip_grad_norm_(params, 1.0)
+    assert type(none) is np.ndarray and none.shape == () and none == 0.0
     params[1].grad = np.full(4, 3.0, dtype=np.float32)  # norm 6
     assert optim.clip_grad_norm_(iter(params), 1.5) == pytest.approx(6.0)
     assert params[0].grad is None

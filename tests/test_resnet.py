@@ -211,7 +211,7 @@ def test_a_resnet_trains_from_python_with_the_trainer(tmp_path):
     from minivit.train import TrainConfig, Trainer
 
     cfg = TrainConfig(model="resnetv2_testing", dataset="procedural", num_samples=96, val_size=32, epochs=1,
-                      batch_size=16, out_dir=str(tmp_path), progress=False, eval_test=False, lr=3e-3)
+                      batch_size=16, out_dir=str(tmp_path), progress=False, eval_test="never", lr=3e-3)
     trainer = Trainer(cfg)
     before = [p.data.copy() for p in trainer.model.parameters()]
     record = trainer.fit()

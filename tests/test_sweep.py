@@ -14,7 +14,7 @@ TINY = {"embed_dim": 16, "depth": 1, "num_heads": 2, "img_size": 32, "patch_size
 def tiny_base(out_dir=None):
     return TrainConfig(model="vit_testing", model_kwargs=dict(TINY), dataset="procedural", num_samples=96,
                        val_size=32, epochs=1, batch_size=32, lr=1e-3, warmup_epochs=0.0, log_every=1,
-                       eval_test=False, progress=False, out_dir=out_dir)
+                       eval_test="never", progress=False, out_dir=out_dir)
 
 
 def test_parse_grid_casts_values_and_keeps_order():

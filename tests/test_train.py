@@ -29,7 +29,7 @@ STEPS_PER_EPOCH, EPOCHS = 8, 2  # 320 images - 64 validation = 256 = 8 batches o
 def tiny_config(out_dir, **overrides):
     values = dict(model="vit_testing", model_kwargs=dict(TINY_DROPOUT), dataset="procedural", num_samples=320,
                   val_size=64, epochs=EPOCHS, batch_size=32, lr=2e-3, warmup_epochs=0.5, log_every=1,
-                  eval_test=True, progress=False, out_dir=str(out_dir))
+                  eval_test="epoch", progress=False, out_dir=str(out_dir))
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -158,7 +158,7 @@ def test_resuming_with_a_changed_learning_rate_raises_checkpoint_error(tmp_path)
     with pytest.raises(CheckpointError, match="model_kwargs"):
         Trainer(tiny_config(tmp_path, epochs=1, model_kwargs={**TINY_DROPOUT, "drop_rate": 0.0}), resume=True)
     # settings that do not change the trajectory may change
-    trainer = Trainer(tiny_config(tmp_path, epochs=1, log_every=5, eval_test=False), resume=True)
+    trainer = Trainer(tiny_config(tmp_path, epochs=1, log_every=5, eval_test="never"), resume=True)
     assert trainer.step == 2
 
 
@@ -168,8 +168,8 @@ def test_resuming_without_a_checkpoint_raises_checkpoint_error(tmp_path):
 
 
 def test_a_run_resumed_at_max_steps_takes_no_further_step(tmp_path):
-    Trainer(tiny_config(tmp_path, max_steps=3, epochs=1, eval_test=False)).fit()
-    result = Trainer(tiny_config(tmp_path, max_steps=3, epochs=1, eval_test=False), resume=True).fit()
+    Trainer(tiny_config(tmp_path, max_steps=3, epochs=1, eval_test="never")).fit()
+    result = Trainer(tiny_config(tmp_path, max_steps=3, epochs=1, eval_test="never"), resume=True).fit()
     assert load_checkpoint(tmp_path)["meta"]["position"]["step"] == 3
     assert result == {"stopped_at_step": 3}
 
@@ -222,7 +222,7 @@ class NaNAtStep3(Trainer):
 
 def test_non_finite_loss_raises_floating_point_error_naming_the_step_and_suggesting_a_lower_lr(
         tmp_path, restore_kernel_choices):
-    kernels.use(softmax_cross_entropy="reference")  # the reference returns nan for nan logits
+    kernels.select(softmax_cross_entropy="reference")  # the reference returns nan for nan logits
     with pytest.raises(FloatingPointError) as info:
         NaNAtStep3(tiny_config(tmp_path)).fit()
     message = str(info.value)
@@ -233,7 +233,7 @@ def test_non_finite_loss_raises_floating_point_error_naming_the_step_and_suggest
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
                             "ignore:invalid value encountered:RuntimeWarning")
 def test_a_huge_learning_rate_diverges_with_floating_point_error(tmp_path, restore_kernel_choices):
-    kernels.use(softmax_cross_entropy="reference")
+    kernels.select(softmax_cross_entropy="reference")
     with pytest.raises(FloatingPointError, match=r"at step \d+ .*lower --lr"):
         Trainer(tiny_config(tmp_path, lr=1e6, grad_clip=None, warmup_epochs=0)).fit()
 
@@ -276,7 +276,7 @@ def test_run_folder_holds_config_metrics_checkpoints_and_curves(uninterrupted):
 
 
 def test_the_epoch_end_checkpoint_counts_that_epochs_validation_in_best_val(tmp_path):
-    Trainer(tiny_config(tmp_path, epochs=1, eval_test=False)).fit()
+    Trainer(tiny_config(tmp_path, epochs=1, eval_test="never")).fit()
     val_acc = [r["val_acc"] for r in metrics(tmp_path) if "val_acc" in r]
     assert load_checkpoint(tmp_path / "checkpoint.npz")["meta"]["best_val"] == max(val_acc)
 
@@ -348,7 +348,7 @@ def test_kernels_option_runs_the_named_implementation_during_fit_and_restores_th
     kernels.reset()
     default = kernels.get("layernorm").name
     assert default != "reference"
-    trainer = Trainer(tiny_config(tmp_path, kernels="layernorm=reference", max_steps=2, eval_test=False))
+    trainer = Trainer(tiny_config(tmp_path, kernels="layernorm=reference", max_steps=2, eval_test="never"))
     seen = []
     step = Trainer.train_step
     monkeypatch.setattr(Trainer, "train_step", lambda self, x, y: seen.append(kernels.get("layernorm").name)
@@ -361,7 +361,7 @@ def test_kernels_option_runs_the_named_implementation_during_fit_and_restores_th
 
 def test_reading_mode_runs_every_op_on_its_reference_during_fit(tmp_path, restore_kernel_choices):
     kernels.reset()
-    trainer = Trainer(tiny_config(tmp_path, kernels="reference", max_steps=1, eval_test=False))
+    trainer = Trainer(tiny_config(tmp_path, kernels="reference", max_steps=1, eval_test="never"))
     trainer.fit()
     chosen = json.loads((tmp_path / "config.json").read_text())["kernels"]
     assert set(chosen.values()) == {"reference"} and set(chosen) == set(kernels.OPS)

@@ -31,7 +31,7 @@ from flops import forward_flops
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg"
 BATCH = 64
-COMMON = dict(dataset="cifar10", data_dir=str(DATA), batch_size=BATCH, val_size=0, eval_test=False, lr=1e-3,
+COMMON = dict(dataset="cifar10", data_dir=str(DATA), batch_size=BATCH, val_size=0, eval_test="never", lr=1e-3,
               min_lr=1e-5, weight_decay=0.05, label_smoothing=0.1, grad_clip=1.0, augment=True, seed=0,
               progress=False, log_every=25, schedule="cosine")
 

@@ -10,6 +10,10 @@ import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
+# The tables themselves, not copies of their names: building the parser imports TrainConfig, and
+# with it minivit.data and minivit.optim, in any case.
+from ..data import DATASETS
+
 
 # ---- argument types: each parses one string or raises argparse's error naming what it expected
 def _checked(cast, expected, ok):
@@ -68,13 +72,16 @@ _MODEL_FLAGS = {
 }
 _TRAIN_FLAGS = {  # TrainConfig checks these too; here they fail with argparse's usage message
     "epochs": positive_int, "batch_size": positive_int, "lr": positive_float, "min_lr": nonnegative_float,
-    "weight_decay": nonnegative_float, "warmup_epochs": nonnegative_float, "label_smoothing": fraction,
+    "weight_decay": nonnegative_float, "momentum": fraction, "warmup_epochs": nonnegative_float,
+    "label_smoothing": fraction,
     "grad_clip": nonnegative_float, "seed": nonnegative_int, "val_size": val_size, "num_samples": positive_int,
     "save_every": nonnegative_int, "max_steps": positive_int, "log_every": positive_int,
     "time_limit": positive_float, "ema_decay": fraction, "low_res_size": nonnegative_int, "low_res_fraction": fraction,
+    "random_erase": fraction, "mixup_alpha": nonnegative_float, "cutmix_alpha": nonnegative_float,
 }
 _TRAIN_HELP = {
     "grad_clip": "; 0: no clipping",
+    "momentum": "; --optimizer sgd only",
     "time_limit": "; seconds of training in total (a resumed run's earlier time included), then a checkpoint "
                   "and an evaluation",
     "ema_decay": "; 0: off; else evaluate and keep (best.npz) an exponential moving average of the weights, "
@@ -82,8 +89,10 @@ _TRAIN_HELP = {
     "low_res_size": "; train on images area-averaged to this size first (progressive resizing), e.g. 16; 0: off",
     "low_res_fraction": "; the fraction of the budget (steps, or --time-limit with --schedule-by time) spent at "
                         "--low-res-size",
+    "random_erase": "; the probability that an image has a random rectangle erased (Random Erasing), e.g. 0.25",
+    "mixup_alpha": "; mixup each batch with its mirror image, lam ~ Beta(alpha, alpha), e.g. 0.8; 0: off",
+    "cutmix_alpha": "; CutMix likewise, e.g. 1.0 (with --mixup-alpha: one or the other per batch); 0: off",
 }
-DATASETS = ("cifar10", "procedural", "procedural_easy", "folder", "fashion_mnist")  # minivit.data.DATASETS, without importing it
 
 
 def add_device_arg(p):
@@ -93,7 +102,11 @@ def add_device_arg(p):
 
 
 def add_train_args(p):
+    from ..data.augment import ERASE_MODES
+    from ..data.transforms import PADDING_MODES
+    from ..optim import OPTIMIZERS, SCHEDULES
     from ..train import TrainConfig
+    from ..train.config import EVAL_TEST, INITS, SCHEDULE_BY
 
     d = TrainConfig()
     p.add_argument("--recipe", help="a named recipe (see `minivit recipes`); explicit flags override it")
@@ -103,28 +116,34 @@ def add_train_args(p):
                        choices=("token", "avg") if name == "global_pool" else None)
     p.add_argument("--no-class-token", action="store_true", help="no class token (use with --global-pool avg)")
     p.add_argument("--no-qkv-bias", action="store_true")
-    p.add_argument("--dataset", choices=DATASETS, help=f"default {d.dataset}")
+    p.add_argument("--dataset", choices=list(DATASETS), help=f"default {d.dataset}")
     p.add_argument("--data-dir", help="cifar-10-batches-py, an image-folder tree with train/ and test/, "
                                       "or nothing for the cached download")
     for name, typ in _TRAIN_FLAGS.items():
         p.add_argument("--" + name.replace("_", "-"), type=typ,
                        help=f"default {getattr(d, name)}" + _TRAIN_HELP.get(name, ""))
-    p.add_argument("--optimizer", choices=["adamw", "adam", "sgd"])
-    p.add_argument("--schedule", choices=["cosine", "linear", "constant"])
-    p.add_argument("--schedule-by", choices=["steps", "time"], help="the schedule spans --epochs (steps, the "
+    p.add_argument("--optimizer", choices=list(OPTIMIZERS), help=f"default {d.optimizer}")
+    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
+                   help="--optimizer sgd: Nesterov momentum (default), or plain momentum (--no-nesterov)")
+    p.add_argument("--schedule", choices=list(SCHEDULES), help=f"default {d.schedule}")
+    p.add_argument("--schedule-by", choices=list(SCHEDULE_BY), help="the schedule spans --epochs (steps, the "
                    "default) or --time-limit seconds (time): the learning rate reaches --min-lr when time is up")
     p.add_argument("--no-augment", action="store_true", help="no random crop / flip")
-    p.add_argument("--crop-padding", choices=["zeros", "reflect"], help="what the random crop pads with "
-                   "(default zeros)")
+    p.add_argument("--crop-padding", choices=list(PADDING_MODES), help="what the random crop pads with "
+                   f"(default {d.crop_padding})")
+    p.add_argument("--trivial-augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="TrivialAugment: one random photometric or geometric operation per image (default: off)")
+    p.add_argument("--random-erase-mode", choices=list(ERASE_MODES), help="what fills an erased rectangle: "
+                   f"standard-normal noise (pixel) or the mean colour (zeros) (default {d.random_erase_mode})")
     p.add_argument("--no-test", action="store_true", help="do not evaluate on the test split (--eval-test never)")
-    p.add_argument("--eval-test", choices=["epoch", "end", "never"], help="evaluate the test split every epoch "
-                   "(default), only at the end, or never")
+    p.add_argument("--eval-test", choices=list(EVAL_TEST), help="evaluate the test split every epoch "
+                   f"(epoch), only after the last (end), or never (default {d.eval_test})")
     p.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=None, help="evaluate on the mean "
                    "logits of each image and its mirror image (default: off)")
     p.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=None,
                    help="EMA decay min(ema_decay, 1 - step^-3/4) (default), or a constant one (--no-ema-warmup)")
-    p.add_argument("--init", choices=["timm", "mimetic"], help="weight init: timm (default) or mimetic attention "
-                   "(Trockman & Kolter 2023)")
+    p.add_argument("--init", choices=list(INITS), help=f"weight init (default {d.init}): timm's, or mimetic "
+                   "attention (Trockman & Kolter 2023)")
     p.add_argument("--kernels", help="kernel choices, e.g. attention=cpu_v1,layernorm=reference")
     add_device_arg(p)
     p.add_argument("--out", help="run folder (default runs/<model>-<time>)")
@@ -182,7 +201,7 @@ def train_config_from_args(args, cls=None):
     if args.no_augment:
         values["augment"] = False
     if args.no_test:
-        values["eval_test"] = False
+        values["eval_test"] = "never"
     if args.no_progress:
         values["progress"] = False
     if args.out:
@@ -236,3 +255,22 @@ def shown(value, limit=200) -> str:
     """repr-like text safe to print: at most `limit` characters, odd file names escaped."""
     text = str(value).encode("utf-8", "backslashreplace").decode("utf-8")
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+# ---- several processes (`minivit train --backend jax`): minivit/train/distributed.py ----------------
+def add_distributed_args(p):
+    """The options of one process among several (one per host: a TPU pod slice, a GPU cluster);
+    distributed.initialize checks the address (no JAX import while the arguments are parsed)."""
+    g = p.add_argument_group(
+        "several processes (--backend jax)",
+        "Start the same command once per host, each with its --process-id: all three of --coordinator-address, "
+        "--num-processes and --process-id, or none where JAX finds them itself (TPU pod slices, SLURM, Open MPI). "
+        "--devices N is then each process's count of CPU devices. --out must be on a file system every process "
+        "reads (to --resume). A process lost for --heartbeat-timeout seconds stops the others.")
+    g.add_argument("--coordinator-address", metavar="HOST:PORT", help="process 0's host and a free port there")
+    g.add_argument("--num-processes", type=positive_int, metavar="N", help="how many processes (1: just this one)")
+    g.add_argument("--process-id", type=nonnegative_int, metavar="I", help="this process's index, 0..N-1")
+    g.add_argument("--init-timeout", type=positive_int, default=300, metavar="S",
+                   help="seconds to wait for every process to join (default 300)")
+    g.add_argument("--heartbeat-timeout", type=positive_int, default=60, metavar="S",
+                   help="seconds without a sign of life after which a process counts as lost (default 60)")

@@ -6,9 +6,9 @@
     loader = DataLoader(train, batch_size=128, mean=mean, std=std, seed=0)
     for x, y in loader.epoch(epoch, start=0): ...               # x (B, C, H, W) float32, y (B,) int64
 
-Datasets: "cifar10" (official python batches, an image-folder copy, or a checked download),
-"folder" (any root/<split>/<class>/* tree), "fashion_mnist" (IDX files) and "procedural"
-(shapes generated in code; no files needed). Imports only numpy, pillow, tqdm and the stdlib.
+Datasets (the table DATASETS): "cifar10" (official python batches, an image-folder copy, or a
+checked download), "folder" (any root/<split>/<class>/* tree), "fashion_mnist" (IDX files) and
+"procedural" (shapes generated in code; no files needed). Imports only numpy, pillow, tqdm and the stdlib.
 """
 from __future__ import annotations
 
@@ -22,13 +22,43 @@ from .loader import DataLoader, Dataset, split_train_val, stats_for
 from .procedural import make_procedural
 from .transforms import DATASET_STATS, compute_stats, normalize, random_crop_flip
 
-DATASETS = ("cifar10", "procedural", "procedural_easy", "folder", "fashion_mnist")
+
+def _cifar10(root, split, download, cache_dir, num_samples, seed, **_):
+    return load_cifar10(root, split, download, cache_dir)
+
+
+def _folder(root, split, download, cache_dir, num_samples, seed, **_):
+    if root is None:
+        raise ValueError("load_dataset('folder') needs root=<folder with <split>/<class>/ images>")
+    return load_folder(root, split, cache_dir=cache_dir)
+
+
+def _fashion_mnist(root, split, download, cache_dir, num_samples, seed, **_):
+    return load_fashion_mnist(root, split)
+
+
+def _procedural(difficulty):
+    """Shapes generated in code: num_samples is how many to make; kwargs go to the generator."""
+    def load(root, split, download, cache_dir, num_samples, seed, **kwargs):
+        return make_procedural(split, num_samples, seed, difficulty=difficulty, **kwargs)
+    return load
+
+
+# The datasets minivit knows, the one list of them (TrainConfig and `minivit train --dataset`
+# offer its keys): name -> loader(root, split, download, cache_dir, num_samples, seed, **kwargs).
+DATASETS = {
+    "cifar10": _cifar10,
+    "procedural": _procedural("hard"),
+    "procedural_easy": _procedural("easy"),  # big centred objects, no distractor: the demo's task
+    "folder": _folder,
+    "fashion_mnist": _fashion_mnist,
+}
 
 
 def load_dataset(name: str, root=None, split: str = "train", download: bool = True,
                  num_samples: int | None = None, seed: int = 0, cache_dir=None,
                  **kwargs) -> Dataset:
-    """Load dataset `name` ("cifar10" | "procedural" | "procedural_easy" | "folder" | "fashion_mnist").
+    """Load dataset `name`, a key of DATASETS.
 
     "procedural_easy" is the procedural shapes with big centred objects and no distractor (the
     demo's task); "procedural" the harder default.
@@ -42,20 +72,10 @@ def load_dataset(name: str, root=None, split: str = "train", download: bool = Tr
         raise ValueError(f"num_samples must be a positive integer or None (all), got {num_samples!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    if name in ("procedural", "procedural_easy"):
-        difficulty = "easy" if name == "procedural_easy" else "hard"
-        return make_procedural(split, num_samples, seed, difficulty=difficulty, **kwargs)
-    if name == "cifar10":
-        ds = load_cifar10(root, split, download, cache_dir)
-    elif name == "folder":
-        if root is None:
-            raise ValueError("load_dataset('folder') needs root=<folder with <split>/<class>/ images>")
-        ds = load_folder(root, split, cache_dir=cache_dir)
-    elif name == "fashion_mnist":
-        ds = load_fashion_mnist(root, split)
-    else:
+    if not isinstance(name, str) or name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    if num_samples is not None and num_samples < len(ds):
+    ds = DATASETS[name](root, split, download, cache_dir, num_samples, seed, **kwargs)
+    if num_samples is not None and num_samples < len(ds):  # a generated set already has num_samples
         idx = np.sort(np.random.default_rng([seed, 777]).choice(len(ds), num_samples, replace=False))
         ds = ds.subset(idx)
     return ds

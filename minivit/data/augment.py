@@ -174,42 +174,55 @@ def identity(x, m=None):
 
 def trivial_augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One random operation at a random magnitude per image of a uint8 batch (B, H, W, C).
+    Returns a new uint8 (B, H, W, C) array."""
+    return apply_trivial_augment(x, *trivial_augment_draws(rng, len(x)))
 
-    Draws, in this order: the operation (B,), the magnitude bin (B,), the sign (B,).
-    Returns a new uint8 (B, H, W, C) array.
-    """
-    if x.dtype != np.uint8 or x.ndim != 4:
-        raise ValueError(f"trivial_augment takes uint8 images (B, H, W, C), got {x.dtype} {x.shape}")
-    names = list(OPERATIONS)
-    B = x.shape[0]
-    ops = rng.integers(0, len(names), size=B)
+
+def trivial_augment_draws(rng: np.random.Generator, B: int):
+    """The draws of a batch of B images, in this order: operation (B,), magnitude bin (B,),
+    sign (B,). Drawn for a whole batch, so that a process loading some of its rows gives each row
+    what one process loading all of them would (index every array with the rows)."""
+    ops = rng.integers(0, len(OPERATIONS), size=B)
     bins = rng.integers(0, BINS, size=B)
     signs = np.where(rng.random(B) < 0.5, -1.0, 1.0)
+    return ops, bins, signs
+
+
+def apply_trivial_augment(x, ops, bins, signs):
+    """Image i of x gets operation ops[i] at magnitude bin bins[i], signed by signs[i]."""
+    if x.dtype != np.uint8 or x.ndim != 4:
+        raise ValueError(f"trivial_augment takes uint8 images (B, H, W, C), got {x.dtype} {x.shape}")
     out = x.copy()
-    for k, name in enumerate(names):
+    for k, name in enumerate(OPERATIONS):
         idx = np.flatnonzero(ops == k)
         if len(idx) == 0 or name == "identity":
             continue
         table, signed = OPERATIONS[name]
         m = None if table is None else table[bins[idx]] * (signs[idx] if signed else 1.0)
         done = globals()[name](x[idx].astype(np.float32), m)
-        out[idx] = np.clip(np.floor(done + 0.5) if done.dtype.kind == "f" else done, 0, 255).astype(np.uint8)
+        out[idx] = np.clip(np.floor(done + 0.5), 0, 255).astype(np.uint8)
     return out
 
 
 def random_erase(x: np.ndarray, rng: np.random.Generator, p: float = 0.25,
                  area=(0.02, 1 / 3), aspect=(0.3, 3.3), mode: str = "zeros") -> np.ndarray:
-    """Random Erasing on a normalised batch (B, C, H, W), in place; returns x.
+    """Random Erasing on a normalised batch (B, C, H, W), in place; returns x."""
+    return apply_random_erase(x, *random_erase_draws(rng, x.shape, p, area, aspect, mode))
 
-    Draws: whether each image is erased (B,), then 10 candidate rectangles per image (area
-    fraction, log aspect ratio, then top-left corner), the first that fits is used; then, for
-    mode "pixel", the noise for the whole batch.
+
+def random_erase_draws(rng: np.random.Generator, shape, p: float = 0.25, area=(0.02, 1 / 3),
+                       aspect=(0.3, 3.3), mode: str = "zeros"):
+    """What Random Erasing does to a batch of this (B, C, H, W) shape: (mask (B, H, W), fill).
+
+    Draws, in this order: whether each image is erased (B,), then 10 candidate rectangles per image
+    (area fraction, log aspect ratio, then top-left corner) of which the first that fits is used;
+    then, for mode "pixel", the noise (B, C, H, W). Index both with the rows a process loads.
     """
     if mode not in ERASE_MODES:
         raise ValueError(f"mode must be one of {ERASE_MODES}, got {mode!r}")
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"the erasing probability must lie in [0, 1], got {p}")
-    B, C, H, W = x.shape
+    B, C, H, W = shape
     tries = 10
     erase = rng.random(B) < p
     fraction = rng.uniform(area[0], area[1], size=(B, tries))
@@ -226,8 +239,13 @@ def random_erase(x: np.ndarray, rng: np.random.Generator, p: float = 0.25,
     in_rows = (rows >= pick(top)) & (rows < pick(top) + pick(h))            # (B, H)
     in_cols = (cols >= pick(left)) & (cols < pick(left) + pick(w))          # (B, W)
     mask = (in_rows[:, :, None] & in_cols[:, None, :]) & erase[:, None, None]  # (B, H, W)
-    fill = 0.0 if mode == "zeros" else rng.standard_normal(x.shape, dtype=np.float32)
-    np.copyto(x, np.where(mask[:, None], fill, x).astype(x.dtype))
+    fill = np.zeros((B, 1, 1, 1), np.float32) if mode == "zeros" else rng.standard_normal(shape, dtype=np.float32)
+    return mask, fill
+
+
+def apply_random_erase(x, mask, fill):
+    """x (B, C, H, W) with the pixels of mask (B, H, W) replaced by fill's, in place; returns x."""
+    np.copyto(x, np.broadcast_to(fill, x.shape), where=mask[:, None])
     return x
 
 

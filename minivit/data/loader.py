@@ -3,10 +3,11 @@
 B=batch, H/W=image size, C=channels, N=images.
 
 Determinism: `DataLoader.epoch(e, start)` draws the shuffle order from `default_rng([seed, e, 1])`
-and each batch's augmentation from `default_rng([seed, e, 2, b])`, so batch b of epoch e is the
-same whether the epoch runs from 0 or is resumed at `start=b` (how `--resume` reproduces a run).
-(The tags 1 and 2 keep the streams apart: SeedSequence treats trailing zeros as absent, so
-`[seed, e]` and `[seed, e, 0]` would be one and the same stream.)
+and each batch's augmentation from `default_rng([seed, e, 2, b])` (the crop and flip), `[seed, e,
+3, b]` (TrivialAugment) and `[seed, e, 4, b]` (Random Erasing), so batch b of epoch e is the same
+whether the epoch runs from 0 or is resumed at `start=b` (how `--resume` reproduces a run).
+(The tags keep the streams apart: SeedSequence treats trailing zeros as absent, so `[seed, e]`
+and `[seed, e, 0]` would be one and the same stream.)
 
 Prefetch: a daemon thread builds up to `prefetch` batches ahead into a bounded queue; errors in it
 re-raise in the consumer, and leaving the loop early sets a stop event so the thread exits.
@@ -31,7 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .transforms import DATASET_STATS, PADDING_MODES, compute_stats, normalize, random_crop_flip
+from . import augment as _augment
+from .transforms import DATASET_STATS, PADDING_MODES, compute_stats, crop_flip, crop_flip_draws, normalize
 
 
 @dataclass
@@ -127,12 +129,18 @@ class DataLoader:
     random crop's `pad` pixels of border hold, "zeros" or "reflect" (transforms.random_crop_flip).
     device="cuda": the batches are CuPy arrays, handed over through pinned memory on a side stream
     (the module docstring); `copies` replaces the CUDA calls of that hand-off (the tests pass a fake).
+    rows: a slice, to load only those rows of every batch (one process's part of each global batch
+    in a multi-process run), each cropped and flipped as it is in the whole batch.
+    trivial_augment, random_erase (a probability), random_erase_mode: the stronger augmentation of
+    data/augment.py, after the crop and flip (TrivialAugment, on the uint8 pixels) and after the
+    normalisation (Random Erasing); both drawn for the whole batch, as the crop is.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int = 128, shuffle: bool = True,
                  augment: bool = True, mean=None, std=None, seed: int = 0,
                  drop_last: bool = True, prefetch: int = 2, pad: int = 4, device: str = "cpu",
-                 copies=None, crop_padding: str = "zeros"):
+                 copies=None, crop_padding: str = "zeros", rows: slice = slice(None),
+                 trivial_augment: bool = False, random_erase: float = 0.0, random_erase_mode: str = "pixel"):
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
@@ -147,6 +155,10 @@ class DataLoader:
         self.shuffle, self.augment, self.drop_last = shuffle, augment, drop_last
         self.mean, self.std = tuple(mean), tuple(std)
         self.seed, self.prefetch, self.pad, self.crop_padding = seed, int(prefetch), int(pad), crop_padding
+        self.rows = rows
+        _augment.random_erase_draws(np.random.default_rng(0), (1, 1, 1, 1), random_erase, mode=random_erase_mode)  # checks
+        self.trivial_augment, self.random_erase = bool(trivial_augment), float(random_erase)
+        self.random_erase_mode = random_erase_mode
         self._next_epoch = 0
         self.device, self.copies = "cpu", None
         if copies is not None or device not in (None, "cpu"):  # batches go to the GPU
@@ -168,11 +180,20 @@ class DataLoader:
         """Batch b of an epoch, built from nothing but (seed, epoch, b)."""
         order = self.order(epoch) if order is None else order
         idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-        x = self.dataset.images[idx]                                  # (B, H, W, C) uint8
-        if self.augment:
-            x = random_crop_flip(x, np.random.default_rng([self.seed, epoch, 2, b]), self.pad,
-                                 padding_mode=self.crop_padding)
-        return normalize(x, self.mean, self.std), self.dataset.labels[idx]
+        x = self.dataset.images[idx[self.rows]]                      # (B, H, W, C) uint8, or its rows
+        if self.augment:  # drawn for the whole batch, so a row's crop does not depend on the rows loaded
+            draws = crop_flip_draws(np.random.default_rng([self.seed, epoch, 2, b]), len(idx), self.pad)
+            x = crop_flip(x, *(d[self.rows] for d in draws), self.pad, self.crop_padding)
+        if self.trivial_augment:
+            draws = _augment.trivial_augment_draws(np.random.default_rng([self.seed, epoch, 3, b]), len(idx))
+            x = _augment.apply_trivial_augment(x, *(d[self.rows] for d in draws))
+        x = normalize(x, self.mean, self.std)                         # (B, C, H, W) float32
+        if self.random_erase:
+            mask, fill = _augment.random_erase_draws(np.random.default_rng([self.seed, epoch, 4, b]),
+                                                     (len(idx), *x.shape[1:]), self.random_erase,
+                                                     mode=self.random_erase_mode)
+            x = _augment.apply_random_erase(x, mask[self.rows], fill[self.rows])
+        return x, self.dataset.labels[idx[self.rows]]
 
     def epoch(self, epoch: int, start: int = 0):
         """Yield the batches start, start+1, ... of `epoch` (on the loader's device)."""

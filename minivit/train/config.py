@@ -1,8 +1,10 @@
 """TrainConfig: every option of a training run (`minivit train`'s flags, minivit/cli/args.py), each
 checked when the config is made, and the list of those that change a run's trajectory, which a
-resumed run may not change.
+resumed run may not change. The names an option chooses from are defined once, beside what
+they name: optimizers and schedules in optim.OPTIMIZERS and optim.SCHEDULES, datasets in
+minivit.data.DATASETS, the rest below (EVAL_TEST, SCHEDULE_BY, INITS); the CLI offers their keys.
 
-The options of the CIFAR-10-in-an-hour work (issue 12) each switch one trick on, in the trainer:
+The options of the CIFAR-10-in-an-hour recipes each switch one trick on, in the trainer:
     ema_decay, ema_warmup        an exponential moving average of the weights (train/ema.py)
     flip_tta                     evaluation on the mean logits of each image and its mirror image
     eval_test                    the test set every epoch, only at the end, or never
@@ -10,6 +12,10 @@ The options of the CIFAR-10-in-an-hour work (issue 12) each switch one trick on,
     init                         mimetic initialisation of attention (vit.mimetic_init)
     low_res_size, low_res_fraction   low resolution first (train/resolution.py)
     crop_padding                 reflect padding for the random crop (data/transforms.py)
+and the stronger augmentation of the 85%-in-an-hour work (data/augment.py):
+    trivial_augment              one random photometric or geometric operation per image
+    random_erase, random_erase_mode   a random rectangle of the image erased, with this probability
+    mixup_alpha, cutmix_alpha    each batch mixed with its mirror image (mixup, or CutMix), the loss likewise
 """
 from __future__ import annotations
 
@@ -19,11 +25,12 @@ from dataclasses import dataclass, field
 
 from .. import device as _device
 from .. import optim
+from ..data import DATASETS
+from ..data.augment import ERASE_MODES
 from ..data.transforms import PADDING_MODES
 from ..vit import config_from_dict
 
-OPTIMIZERS = ("adamw", "adam", "sgd")
-EVAL_TEST = ("epoch", "end")  # or False: never
+EVAL_TEST = ("epoch", "end", "never")  # when the test split is scored: every epoch, after the last, never
 SCHEDULE_BY = ("steps", "time")
 INITS = ("timm", "mimetic")
 
@@ -38,13 +45,14 @@ class TrainConfig:
     val_size: float = 5000  # images carved from train for validation: a count (>= 1), a fraction (< 1), or 0
     epochs: int = 10
     batch_size: int = 128
-    optimizer: str = "adamw"  # adamw | adam | sgd
+    optimizer: str = "adamw"  # a key of optim.OPTIMIZERS: adamw | adam | sgd
     lr: float = 1e-3
     min_lr: float = 1e-5
     weight_decay: float = 0.05
     momentum: float = 0.9  # sgd only
+    nesterov: bool = True  # sgd only: Nesterov momentum (timm's "sgd" too); False: plain (heavy-ball) momentum
     warmup_epochs: float = 1.0
-    schedule: str = "cosine"  # cosine | linear | constant
+    schedule: str = "cosine"  # a key of optim.SCHEDULES: cosine | linear | constant
     label_smoothing: float = 0.0
     grad_clip: float | None = 1.0
     augment: bool = True
@@ -52,7 +60,9 @@ class TrainConfig:
     out_dir: str = "runs/run"
     kernels: str = ""  # e.g. "attention=cpu_v1,layernorm=reference", or "reference" for every op
     log_every: int = 20
-    eval_test: bool | str = True  # "epoch" (True): test accuracy every epoch; "end": at the end only; False: never
+    # When the test split is scored: "epoch" (every epoch), "end" (after the last one only) or "never"
+    # (no test set is loaded). True and False, which configs saved before held, read as "epoch" and "never".
+    eval_test: str = "epoch"
     save_every: int = 0  # also checkpoint every this many steps (0: at epoch ends only)
     max_steps: int | None = None  # stop (with a checkpoint) after this many steps in total
     init_from: str | None = None  # start from these weights (fine-tuning); see finetune.py
@@ -70,6 +80,11 @@ class TrainConfig:
     low_res_size: int | None = None  # train on images area-averaged to this size first (e.g. 16)
     low_res_fraction: float = 0.0  # ... for this fraction of the budget (of the steps, or of time_limit by time)
     crop_padding: str = "zeros"  # what the random crop pads with: "zeros" | "reflect"
+    trivial_augment: bool = False  # TrivialAugment (wide): one random operation per image, after the crop
+    random_erase: float = 0.0  # probability that an image has a random rectangle erased (0: off)
+    random_erase_mode: str = "pixel"  # what fills it: "pixel" (standard-normal noise) | "zeros" (the mean colour)
+    mixup_alpha: float = 0.0  # mixup with lam ~ Beta(alpha, alpha) (0: off; 0.8 in DeiT)
+    cutmix_alpha: float = 0.0  # CutMix likewise (0: off; 1.0 in DeiT); with both, one or the other per batch
 
     def __post_init__(self):
         integers = {"epochs": 1, "batch_size": 1, "log_every": 1, "save_every": 0, "seed": 0}
@@ -84,24 +99,28 @@ class TrainConfig:
         _check("label_smoothing", self.label_smoothing, low=0, high=1, high_closed=True)
         _check("ema_decay", self.ema_decay, low=0, high=1)
         _check("low_res_fraction", self.low_res_fraction, low=0, high=1)
+        _check("random_erase", self.random_erase, low=0, high=1, high_closed=True)
+        _check("mixup_alpha", self.mixup_alpha, low=0)
+        _check("cutmix_alpha", self.cutmix_alpha, low=0)
+        _choice("random_erase_mode", self.random_erase_mode, ERASE_MODES)
         if self.grad_clip is not None:
             _check("grad_clip", self.grad_clip, low=0, low_open=True)
         if self.val_size >= 1:  # a count: 5000 and 5000.0 both mean 5000 images
             if self.val_size != int(self.val_size):
                 raise ValueError(f"val_size is a count of images (>= 1) or a fraction (< 1), got {self.val_size}")
             self.val_size = int(self.val_size)
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("optimizer", self.optimizer, optim.OPTIMIZERS)
         _choice("schedule", self.schedule, optim.SCHEDULES)
+        _choice("dataset", self.dataset, DATASETS)
         _choice("schedule_by", self.schedule_by, SCHEDULE_BY)
         _choice("init", self.init, INITS)
         _choice("crop_padding", self.crop_padding, PADDING_MODES)
-        for name in ("ema_warmup", "flip_tta"):
+        for name in ("ema_warmup", "flip_tta", "nesterov", "trivial_augment"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        if self.eval_test is True or self.eval_test == "never":
-            self.eval_test = "epoch" if self.eval_test is True else False
-        if self.eval_test is not False and self.eval_test not in EVAL_TEST:
-            raise ValueError(f"eval_test must be 'epoch' (or True), 'end', or False ('never'), got {self.eval_test!r}")
+        self.eval_test = eval_test_from(self.eval_test)
+        if self.optimizer == "sgd" and self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov=True needs a momentum > 0 (or set nesterov=False for plain SGD)")
         if not isinstance(self.model_kwargs, dict):
             raise TypeError(f"model_kwargs must be a dict of ViT options, got {self.model_kwargs!r}")
         _device.resolve(self.device)  # a ValueError for an unknown name; availability is checked by the Trainer
@@ -127,13 +146,24 @@ class TrainConfig:
 # Settings that change the loss trajectory, or (ema_*) the weights a run evaluates and keeps: a
 # resumed run must use the same ones. time_limit joins them when the schedule follows it.
 _TRAJECTORY_KEYS = ("model", "model_kwargs", "dataset", "num_samples", "val_size", "epochs", "batch_size",
-                    "optimizer", "lr", "min_lr", "weight_decay", "momentum", "warmup_epochs", "schedule",
+                    "optimizer", "lr", "min_lr", "weight_decay", "momentum", "nesterov", "warmup_epochs", "schedule",
                     "label_smoothing", "grad_clip", "augment", "seed", "schedule_by", "ema_decay", "ema_warmup",
-                    "init", "low_res_size", "low_res_fraction", "crop_padding")
+                    "init", "low_res_size", "low_res_fraction", "crop_padding", "trivial_augment", "random_erase",
+                    "random_erase_mode", "mixup_alpha", "cutmix_alpha")
+
+
+def eval_test_from(value) -> str:
+    """TrainConfig.eval_test as one of EVAL_TEST; True and False (the values of configs and
+    checkpoints saved before it was a string) become "epoch" and "never". The one place that
+    converts them."""
+    if isinstance(value, bool):
+        return "epoch" if value else "never"
+    _choice("eval_test", value, EVAL_TEST)
+    return value
 
 
 def _choice(name, value, choices):
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
 

@@ -45,7 +45,7 @@ class PretrainConfig(TrainConfig):
     mask_token_prob: float = 0.8  # of those: replaced by the [mask] embedding
     random_patch_prob: float = 0.1  # ... by another patch's embedding (the rest kept as they are)
     mpp_bits: int = 3  # bits per channel of the colour target: 2^(3 bits) = 512 classes for RGB
-    eval_test: bool | str = False  # the test labels mean nothing to the pre-training objective
+    eval_test: str = "never"  # the test labels mean nothing to the pre-training objective
 
     def __post_init__(self):
         from ..variants import family_of
@@ -55,6 +55,9 @@ class PretrainConfig(TrainConfig):
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.init_from:
             raise ValueError("pre-training starts from scratch; init_from is for fine-tuning")
+        if self.mixup_alpha or self.cutmix_alpha or self.random_erase:
+            raise ValueError("mixup_alpha, cutmix_alpha and random_erase mix or hide the pixels that masked patch "
+                             "prediction's targets are made of; leave them at 0 for pre-training")
         if family_of(self.model) != "vit":
             raise ValueError(f"masked patch prediction pre-trains a ViT; {self.model!r} is a {family_of(self.model)}")
         draw_corruption(1, 2, np.random.default_rng(0), self.mask_ratio, self.mask_token_prob,

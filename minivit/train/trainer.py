@@ -32,6 +32,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import kernels
+import numpy as np
 
 from .. import data as mdata
 from .. import device as _device
@@ -39,6 +40,7 @@ from .. import functional as F
 from .. import optim
 from .. import rng
 from ..autograd import Tensor
+from ..data.augment import mix_batch
 from ..variants import create_model
 from ..vit import ViT, mimetic_init
 from .budget import TimeBudgetSchedule, saved_clock
@@ -52,12 +54,13 @@ from .resolution import at_resolution, check_low_res, switch_resolution, to_size
 
 
 def param_groups(model, weight_decay):
-    """Decay matrices only: biases, norms, class token and position embeddings are exempt (as
-    in timm and big_vision)."""
+    """Two groups: the parameters weight decay applies to, and those it skips. Each parameter says
+    which (nn.Parameter's `no_weight_decay`, set by the module that made it, never read from its
+    name): biases, norms, the class token and position embeddings are exempt, as in timm and
+    big_vision."""
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        exempt = p.ndim <= 1 or "pos_embed" in name or "cls_token" in name or "rel_pos_bias" in name
-        (no_decay if exempt else decay).append(p)
+    for p in model.parameters():
+        (no_decay if p.no_weight_decay else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
@@ -65,14 +68,8 @@ def param_groups(model, weight_decay):
 
 
 def build_optimizer(model, cfg: TrainConfig):
-    groups = param_groups(model, cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return optim.AdamW(groups, lr=cfg.lr)
-    if cfg.optimizer == "adam":
-        return optim.Adam(groups, lr=cfg.lr)
-    if cfg.optimizer == "sgd":
-        return optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    raise ValueError(f"optimizer must be adamw, adam or sgd, got {cfg.optimizer!r}")
+    """The optimizer cfg.optimizer names in optim.OPTIMIZERS, over the model's param_groups."""
+    return optim.create_optimizer(cfg.optimizer, param_groups(model, cfg.weight_decay), cfg)
 
 
 class Trainer:
@@ -82,6 +79,9 @@ class Trainer:
     max_steps); each epoch ends with evaluation and a checkpoint (`_end_of_epoch`)."""
 
     backend = "numpy"  # recorded in config.json; the JAX trainer says "jax"
+    # Whether this process writes the run folder (config, metrics, checkpoints, plots) and prints
+    # the metrics: False in every process but the first of a multi-process JAX run.
+    writes_outputs = True
 
     def __init__(self, cfg: TrainConfig, resume=False):
         self._created = time.perf_counter()
@@ -104,9 +104,10 @@ class Trainer:
         self.full_img_size = getattr(model.config, "img_size", None)  # evaluation's size, and training's after low res
         if cfg.low_res_size:
             check_low_res(model, cfg.low_res_size)
-        if self.backend != "numpy" and (cfg.ema_decay or cfg.flip_tta or cfg.low_res_size):
-            raise ValueError(f"ema_decay, flip_tta and low_res_size are options of the NumPy trainer, not of "
-                             f"backend {self.backend!r}")
+        if self.backend != "numpy" and (cfg.ema_decay or cfg.flip_tta or cfg.low_res_size or cfg.mixup_alpha
+                                        or cfg.cutmix_alpha):
+            raise ValueError(f"ema_decay, flip_tta, low_res_size, mixup_alpha and cutmix_alpha are options of the "
+                             f"NumPy trainer, not of backend {self.backend!r}")
         self.optimizer = build_optimizer(self.model, cfg)  # its state is made on the parameters' device
         self.steps_per_epoch = len(self.train_loader)
         if self.steps_per_epoch == 0:
@@ -134,7 +135,8 @@ class Trainer:
     def _build_data(self):
         cfg = self.cfg
         full = mdata.load_dataset(cfg.dataset, cfg.data_dir, "train", num_samples=cfg.num_samples, seed=cfg.seed)
-        self.test_set = mdata.load_dataset(cfg.dataset, cfg.data_dir, "test", seed=cfg.seed) if cfg.eval_test else None
+        self.test_set = (mdata.load_dataset(cfg.dataset, cfg.data_dir, "test", seed=cfg.seed)
+                         if cfg.eval_test != "never" else None)
         # On the host, before any loader copies a batch to the device: cross_entropy does not read
         # labels back from the GPU. Against the head's outputs (the MPP model has no class head).
         classes = cfg.model_kwargs.get("num_classes") or full.num_classes
@@ -148,7 +150,9 @@ class Trainer:
         self.mean, self.std = mdata.stats_for(full)
         common = dict(mean=self.mean, std=self.std, seed=cfg.seed, device=self._loader_device())
         self.train_loader = mdata.DataLoader(self.train_set, cfg.batch_size, shuffle=True, augment=cfg.augment,
-                                             drop_last=True, crop_padding=cfg.crop_padding, **common)
+                                             drop_last=True, crop_padding=cfg.crop_padding,
+                                             trivial_augment=cfg.trivial_augment, random_erase=cfg.random_erase,
+                                             random_erase_mode=cfg.random_erase_mode, **common)
         eval_kw = dict(shuffle=False, augment=False, drop_last=False, **common)
         self.val_loader = mdata.DataLoader(self.val_set, 256, **eval_kw) if self.val_set is not None else None
         self.test_loader = mdata.DataLoader(self.test_set, 256, **eval_kw) if self.test_set is not None else None
@@ -182,7 +186,8 @@ class Trainer:
         self.stats = EpochStats(*state["epoch_running"])
         self.best_val = state["best_val"]
         rng.set_rng_state(state["rng_state"])
-        truncate_metrics(self.out / "metrics.jsonl", self.step)  # the resumed run logs the rest again
+        if self.writes_outputs:
+            truncate_metrics(self.out / "metrics.jsonl", self.step)  # the resumed run logs the rest again
 
     # ---- one step ------------------------------------------------------------------------------
     def train_step(self, x, y):
@@ -193,11 +198,17 @@ class Trainer:
         diverged step is caught after its update: the error points to the last good checkpoint."""
         cfg = self.cfg
         lr = self.schedule.get_last_lr()[0]
+        # mixup / CutMix (data/augment.py): the loss is the mix of the two images' losses, and a
+        # hit is the larger share's label; drawn from (seed, step), so a resumed run draws the same
+        x, y_a, y_b, lam = mix_batch(x, y, np.random.default_rng([cfg.seed, self.step, 5]),
+                                     cfg.mixup_alpha, cfg.cutmix_alpha)
         logits = self.model(Tensor(x))  # a Tensor: the model takes NumPy and CuPy batches alike
-        loss = F.cross_entropy(logits, y, cfg.label_smoothing)
+        loss = F.cross_entropy(logits, y_a, cfg.label_smoothing)
+        if lam < 1.0:
+            loss = lam * loss + (1.0 - lam) * F.cross_entropy(logits, y_b, cfg.label_smoothing)
         self.update(loss)
         xp = _device.array_module(logits.data)
-        hits = (logits.data.argmax(axis=1) == xp.asarray(y)).sum()
+        hits = (logits.data.argmax(axis=1) == xp.asarray(y_a if lam >= 0.5 else y_b)).sum()
         value, correct = _device.to_host(xp.stack([loss.data.astype(xp.float64), hits.astype(xp.float64)])).tolist()
         if not math.isfinite(value):
             raise FloatingPointError(
@@ -230,10 +241,11 @@ class Trainer:
         with kernels.use(**self.kernel_choices), interrupt_flag() as self._interrupted:
             model_config = self.model.config.to_dict()  # at the full size, also when training starts at low res
             model_config.update({"img_size": self.full_img_size} if cfg.low_res_size else {})
-            (self.out / "config.json").write_text(json.dumps(
-                {"train": asdict(cfg), "model": model_config, "params": self.model.num_parameters(),
-                 "backend": self.backend, "device": self.device, "kernels": kernels.selection(self.device)},
-                indent=2))
+            if self.writes_outputs:
+                (self.out / "config.json").write_text(json.dumps(
+                    {"train": asdict(cfg), "model": model_config, "params": self.model.num_parameters(),
+                     "backend": self.backend, "device": self.device, "kernels": kernels.selection(self.device)},
+                    indent=2))
             self.model.train()
             self._fit_start, self._elapsed_before = time.perf_counter(), self.elapsed
             self._follow_resolution()
@@ -254,7 +266,7 @@ class Trainer:
             return {"stopped_at_step": self.step}
         record = {"step": self.step, "epoch": self.epoch + self.batch / self.steps_per_epoch,
                   "stopped": "time_limit", "seconds": self._clock()}
-        return {"stopped_at_step": self.step, **self._evaluate_and_keep(record, bool(self.cfg.eval_test))}
+        return {"stopped_at_step": self.step, **self._evaluate_and_keep(record, self.cfg.eval_test != "never")}
 
     def _run_epoch(self):
         """Steps from the current position to the end of the epoch; True if a stop came first."""
@@ -265,7 +277,8 @@ class Trainer:
             for x, y in self.train_loader.epoch(self.epoch, start=self.batch):
                 x = to_size(x, self.model.config.img_size) if self.cfg.low_res_size else x
                 loss, hits = self.train_step(x, y)
-                self.stats.add(loss, hits, len(y), time.perf_counter() - t0)
+                # the batch size, not len(y): one process of several holds only its rows of the batch
+                self.stats.add(loss, hits, self.cfg.batch_size, time.perf_counter() - t0)
                 if self._after_step(loss, bar):
                     return True
         self.epoch, self.batch = self.epoch + 1, 0
@@ -327,7 +340,7 @@ class Trainer:
                   "train_acc": self.stats.accuracy, "images_per_s": self.stats.images_per_s}
         self.stats = EpochStats()
         last = self.epoch == self.cfg.epochs
-        return self._evaluate_and_keep(record, self.cfg.eval_test == "epoch" or (last and bool(self.cfg.eval_test)))
+        return self._evaluate_and_keep(record, self.cfg.eval_test == "epoch" or (last and self.cfg.eval_test == "end"))
 
     def _evaluate_and_keep(self, record, test):
         """Evaluate (validation, and the test set if `test`) into the record, log and print it,
@@ -339,7 +352,8 @@ class Trainer:
         if test and self.test_loader is not None:
             record["test_loss"], record["test_acc"] = self._evaluate(self.test_loader)
         self._log(record)
-        print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+        if self.writes_outputs:
+            print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
         score = record.get("val_acc", record.get("test_acc") if self.cfg.eval_test == "epoch" else None)
         is_best = score is None or score > self.best_val
         self.best_val = self.best_val if score is None else max(score, self.best_val)
@@ -384,11 +398,15 @@ class Trainer:
         return save_checkpoint(path or self.out / "checkpoint.npz", self.model, self.optimizer, **meta)
 
     def _log(self, record):
+        if not self.writes_outputs:
+            return
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def _plot(self):
         from ..analysis.plots import plot_training_curves
 
+        if not self.writes_outputs:
+            return
         records = [json.loads(line) for line in (self.out / "metrics.jsonl").read_text().splitlines() if line]
         plot_training_curves(records, self.out / "curves.png")
