@@ -41,7 +41,7 @@ class Softmax(KernelOp):
 
 class Attention(KernelOp):
     op = "attention"
-    strided = True  # q, k, v reach the kernels as unbind's views: no contiguous copies of them
+    strided = True  # on the GPU, q, k, v reach the kernels as unbind's views: no contiguous copies of them
 
 
 class SoftmaxCrossEntropy(KernelOp):

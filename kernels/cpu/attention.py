@@ -87,10 +87,13 @@ AVX2-sized register blocks do not keep up, and the second core was mostly taken 
 than the reference. The default stays v3 (chosen on the AMD box) until it is measured on an
 idle machine of this kind.
 
-All the numbers above were taken with contiguous q, k, v, which the model then made by copying
-unbind's views (three full-size copies a forward). The kernels now read the views in place (see
-"Strided inputs" below): the bench's inputs are contiguous and run as before; what the model's
-forward and backward gain from the copies they no longer make is owed to a measurement.
+Strided q, k, v (tried 2026-12-07, not kept): the model's q, k, v are views of one (B, N, 3, Hh,
+hd) projection, and autograd copies them to dense (B, Hh, N, hd) arrays before these kernels run
+(three copies a forward). A version of every kernel here that read the views in place, each task
+copying its head or tile into scratch, made vit_mini's training step (batch 128) about 5% slower
+against timm in benchmarks/timm_step.py (0.85, 0.85 against 0.94, 0.88 for the dense kernels, 2-core
+AMD EPYC Zen 4, idle): Numba compiles these loops for any-layout arrays then, and the copies inside
+the tasks cost more than the three bulk copies. The GPU kernels do read the views (kernels/gpu).
 """
 import numba
 import numpy as np
@@ -100,18 +103,10 @@ from ..registry import register
 from . import threads
 from .fastmath import exp_shifted
 
-# B=batch, Hh=heads, N=tokens, hd=head dim. q, k, v, out are (B, Hh, N, hd). Each parallel driver
-# is a prange over independent tasks (heads, rows or tiles) that calls a plain serial function for
-# one task. Float32 inputs are computed in float32, float64 in float64; softmax denominators are
-# summed in float64.
-#
-# Strided inputs. q, k, v (and dO) are read where they lie: the model passes unbind's views of its
-# (B, N, 3, Hh, hd) projection, and copying them to (B, Hh, N, hd) order first would be three
-# full-size copies per forward (and their memory kept for the backward). Instead each task copies
-# what it reads into its own scratch, a head (_head) or a tile at a time, where the copy is small
-# against the task's arithmetic and lands in cache just before it is read, so that the tuned
-# loops still see dense rows. v2's forward, one task per query row, reads k and v in place instead
-# (a copy of the head per row would cost as much as the row's work). Outputs are C-contiguous.
+# B=batch, Hh=heads, N=tokens, hd=head dim. The kernels see the heads flattened: BH = B*Hh,
+# q, k, v, out (BH, N, hd). Each parallel driver is a prange over independent tasks (heads,
+# rows or tiles) that calls a plain serial function for one task. Float32 inputs are computed
+# in float32, float64 in float64; softmax denominators are summed in float64.
 
 # Fast-math: reassociation lets LLVM vectorise dot products and sums. No "nnan"/"ninf", so
 # that max, exp and comparisons still see -inf and nan as they are.
@@ -225,13 +220,6 @@ def _transpose(x, n, out):
 
 
 @njit(cache=True)
-def _head(x, b, h):
-    """Head (b, h) of a (B, Hh, N, x) array as a C-contiguous (N, x) array: a view where x is
-    C-contiguous, else this task's own copy."""
-    return np.ascontiguousarray(x[b, h])
-
-
-@njit(cache=True)
 def _tile(N, size):
     """The tile that cuts N into round(N / size) near-equal tiles, rounded up to a multiple of 4
     (the matmul's block): N = 65 with size 64 is one tile of 68, not 64 + 1."""
@@ -272,19 +260,14 @@ def _v1_backward_head(dout, q, k, v, p, scale, ds, dq, dk, dv):
 
 @njit(cache=True, parallel=True)
 def _v1_forward(q, k, v, scale, p, out):
-    Hh = q.shape[1]
-    for bh in prange(q.shape[0] * Hh):
-        b, h = bh // Hh, bh % Hh
-        _v1_forward_head(_head(q, b, h), _head(k, b, h), _head(v, b, h), scale, p[b, h], out[b, h])
+    for bh in prange(q.shape[0]):
+        _v1_forward_head(q[bh], k[bh], v[bh], scale, p[bh], out[bh])
 
 
 @njit(cache=True, parallel=True)
 def _v1_backward(dout, q, k, v, p, scale, ds, dq, dk, dv):
-    Hh = q.shape[1]
-    for bh in prange(q.shape[0] * Hh):
-        b, h = bh // Hh, bh % Hh
-        _v1_backward_head(_head(dout, b, h), _head(q, b, h), _head(k, b, h), _head(v, b, h), p[b, h], scale,
-                          ds[b, h], dq[b, h], dk[b, h], dv[b, h])
+    for bh in prange(q.shape[0]):
+        _v1_backward_head(dout[bh], q[bh], k[bh], v[bh], p[bh], scale, ds[bh], dq[bh], dk[bh], dv[bh])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,20 +306,17 @@ def _v2_backward_head(dout, q, k, v, lse, scale, dq, dk, dv):
 
 @njit(cache=True, parallel=True)
 def _v2_forward(q, k, v, scale, out, lse, nthreads):
-    B, Hh, N, _ = q.shape
+    BH, N, _ = q.shape
     rows = np.empty((nthreads, 1, N), q.dtype)  # one scratch row per thread
-    for t in prange(B * Hh * N):  # q, k, v in place: see "Strided inputs" above
-        b, h = t // (Hh * N), t // N % Hh
-        _v2_forward_row(q[b, h], k[b, h], v[b, h], scale, t % N, rows[get_thread_id()], out[b, h], lse[b, h])
+    for t in prange(BH * N):
+        bh = t // N
+        _v2_forward_row(q[bh], k[bh], v[bh], scale, t % N, rows[get_thread_id()], out[bh], lse[bh])
 
 
 @njit(cache=True, parallel=True)
 def _v2_backward(dout, q, k, v, lse, scale, dq, dk, dv):
-    Hh = q.shape[1]
-    for bh in prange(q.shape[0] * Hh):  # not over rows: every row adds into all of dk and dv
-        b, h = bh // Hh, bh % Hh
-        _v2_backward_head(_head(dout, b, h), _head(q, b, h), _head(k, b, h), _head(v, b, h), lse[b, h], scale,
-                          dq[b, h], dk[b, h], dv[b, h])
+    for bh in prange(q.shape[0]):  # not over rows: every row adds into all of dk and dv
+        _v2_backward_head(dout[bh], q[bh], k[bh], v[bh], lse[bh], scale, dq[bh], dk[bh], dv[bh])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,22 +324,17 @@ def _v2_backward(dout, q, k, v, lse, scale, dq, dk, dv):
 
 @njit(cache=True, fastmath=_FM)
 def _v3_forward_tile(q, k, v, scale, i0, ni, br, bc, out, lse):
-    """Query rows i0 : i0 + ni of one head, against key tiles of bc. q, k and v may be strided
-    views: the tile's query rows and each key tile are copied into dense scratch first."""
+    """Query rows i0 : i0 + ni of one head, against key tiles of bc."""
     N, hd = q.shape
-    qi = np.empty((br, hd), q.dtype)   # this task's query rows
-    kj = np.empty((bc, hd), q.dtype)   # one key tile
     s = np.empty((br, bc), q.dtype)    # logits, then probabilities, of one tile
     vt = np.empty((hd, bc), q.dtype)   # v_j.T, so that P @ v_j reads rows of both
     acc = np.zeros((br, hd), q.dtype)  # output rows, unnormalised
     m = np.full(br, -np.inf, q.dtype)  # running row max
     l = np.zeros(br, np.float64)       # running row sum of exp(s - m)
-    qi[:ni] = q[i0:i0 + ni]
     for j0 in range(0, N, bc):
         nj = min(bc, N - j0)
-        kj[:nj] = k[j0:j0 + nj]
         s[:] = 0
-        _mm_nt(qi, kj, s, ni, nj, hd, scale)
+        _mm_nt(q[i0:], k[j0:], s, ni, nj, hd, scale)
         for r in range(ni):
             mt = m[r]
             for c in range(nj):
@@ -424,22 +399,21 @@ def _v3_backward_head(dout, q, k, v, out, lse, scale, br, bc, dq, dk, dv):
 
 @njit(cache=True, parallel=True)
 def _v3_forward(q, k, v, scale, out, lse):
-    B, Hh, N, _ = q.shape
+    BH, N, _ = q.shape
     br, bc = _tile(N, BR), _tile(N, BC)
     nqb = (N + br - 1) // br
-    for t in prange(B * Hh * nqb):  # one task per (head, tile of query rows)
-        b, h, i0 = t // (Hh * nqb), t // nqb % Hh, (t % nqb) * br
-        _v3_forward_tile(q[b, h], k[b, h], v[b, h], scale, i0, min(br, N - i0), br, bc, out[b, h], lse[b, h])
+    for t in prange(BH * nqb):  # one task per (head, tile of query rows)
+        bh, i0 = t // nqb, (t % nqb) * br
+        _v3_forward_tile(q[bh], k[bh], v[bh], scale, i0, min(br, N - i0), br, bc, out[bh], lse[bh])
 
 
 @njit(cache=True, parallel=True)
 def _v3_backward(dout, q, k, v, out, lse, scale, dq, dk, dv):
-    Hh, N = q.shape[1:3]
+    N = q.shape[1]
     br, bc = _tile(N, BR), _tile(N, BC)
-    for bh in prange(q.shape[0] * Hh):  # dq rows collect from every key tile: one task per head
-        b, h = bh // Hh, bh % Hh
-        _v3_backward_head(_head(dout, b, h), _head(q, b, h), _head(k, b, h), _head(v, b, h), out[b, h], lse[b, h],
-                          scale, br, bc, dq[b, h], dk[b, h], dv[b, h])
+    for bh in prange(q.shape[0]):  # dq rows collect from every key tile: one task per head
+        _v3_backward_head(dout[bh], q[bh], k[bh], v[bh], out[bh], lse[bh], scale, br, bc,
+                          dq[bh], dk[bh], dv[bh])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -494,73 +468,65 @@ def _dsoftmax_heads(p, dp, scale):
 # the reference's does: callers must not change those arrays in place before backward.
 
 def _checked(q, k, v, scale):
-    """q, k, v of one float dtype (converted only where one differs) and one (B, Hh, N, hd)
-    shape, with the strides they have: the kernels read strided views in place."""
     if q.ndim != 4 or not (q.shape == k.shape == v.shape):
         raise ValueError(f"q, k, v must share one (B, Hh, N, hd) shape, got {q.shape}, {k.shape}, {v.shape}")
     dtype = np.result_type(q, k, v)
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"attention kernels take float32 or float64 arrays, got {dtype}")
-    q, k, v = (a if a.dtype == dtype else a.astype(dtype) for a in (q, k, v))
+    q, k, v = (np.ascontiguousarray(a, dtype=dtype) for a in (q, k, v))
     return q, k, v, dtype.type(scale)
 
 
-def _empty(q, *shape):
-    """A C-contiguous array of q's dtype, of q's shape or the one given (np.empty_like(q) would
-    copy the memory order of a strided view)."""
-    return np.empty(shape or q.shape, q.dtype)
-
-
 def _heads(*arrays):
-    """C-contiguous (B, Hh, N, x) arrays as (BH, N, x) views (cpu_blas's probabilities)."""
+    """(B, Hh, N, x) arrays as (BH, N, x) views."""
     return [a.reshape(-1, *a.shape[2:]) for a in arrays]
 
 
 def _backward_arrays(dout, q):
-    """dout in q's dtype (strides as they are), and empty C-contiguous dq, dk, dv."""
-    return (dout if dout.dtype == q.dtype else dout.astype(q.dtype)), _empty(q), _empty(q), _empty(q)
+    """dout as a contiguous array of q's dtype, and empty dq, dk, dv."""
+    return np.ascontiguousarray(dout, dtype=q.dtype), np.empty_like(q), np.empty_like(q), np.empty_like(q)
 
 
 def v1_forward(q, k, v, scale):
     q, k, v, scale = _checked(q, k, v, scale)
     B, Hh, N, hd = q.shape
-    p, out = _empty(q, B, Hh, N, N), _empty(q)
-    _v1_forward(q, k, v, scale, p, out)
+    p, out = np.empty((B, Hh, N, N), q.dtype), np.empty_like(q)
+    _v1_forward(*_heads(q, k, v), scale, *_heads(p, out))
     return out, (q, k, v, p, scale)
 
 
 def v1_backward(dout, cache):
     q, k, v, p, scale = cache
     dout, dq, dk, dv = _backward_arrays(dout, q)
-    _v1_backward(dout, q, k, v, p, scale, np.empty_like(p), dq, dk, dv)
+    _v1_backward(*_heads(dout, q, k, v, p), scale, *_heads(np.empty_like(p), dq, dk, dv))
     return dq, dk, dv
 
 
 def v2_forward(q, k, v, scale):
     q, k, v, scale = _checked(q, k, v, scale)
-    out, lse = _empty(q), _empty(q, *q.shape[:3])  # lse (B, Hh, N)
-    _v2_forward(q, k, v, scale, out, lse, numba.config.NUMBA_NUM_THREADS)
+    out, lse = np.empty_like(q), np.empty(q.shape[:3], q.dtype)  # lse (B, Hh, N)
+    _v2_forward(*_heads(q, k, v), scale, *_heads(out, lse), numba.config.NUMBA_NUM_THREADS)
     return out, (q, k, v, lse, scale)
 
 
 def v2_backward(dout, cache):
     q, k, v, lse, scale = cache
     dout, dq, dk, dv = _backward_arrays(dout, q)
-    _v2_backward(dout, q, k, v, lse, scale, dq, dk, dv)
+    _v2_backward(*_heads(dout, q, k, v, lse), scale, *_heads(dq, dk, dv))
     return dq, dk, dv
 
 
 def v3_forward(q, k, v, scale):
     q, k, v, scale = _checked(q, k, v, scale)
-    out, lse = _empty(q), _empty(q, *q.shape[:3])  # lse (B, Hh, N)
-    _v3_forward(q, k, v, scale, out, lse)
+    out, lse = np.empty_like(q), np.empty(q.shape[:3], q.dtype)  # lse (B, Hh, N)
+    _v3_forward(*_heads(q, k, v), scale, *_heads(out, lse))
     return out, (q, k, v, out, lse, scale)
 
 
 def v3_backward(dout, cache):
     q, k, v, out, lse, scale = cache
     dout, dq, dk, dv = _backward_arrays(dout, q)
-    _v3_backward(dout, q, k, v, out, lse, scale, dq, dk, dv)
+    _v3_backward(*_heads(dout, q, k, v, out, lse), scale, *_heads(dq, dk, dv))
     return dq, dk, dv
 
 
@@ -573,7 +539,7 @@ def blas_forward(q, k, v, scale):
 
 def blas_backward(dout, cache):
     q, k, v, p, scale = cache
-    dout = _backward_arrays(dout, q)[0]
+    dout = np.ascontiguousarray(dout, dtype=q.dtype)
     dv = threads.matmul(np.swapaxes(p, -1, -2), dout)
     ds = threads.matmul(dout, np.swapaxes(v, -1, -2))  # (B, Hh, N, N) dP, made dS in place
     _dsoftmax_heads(*_heads(p, ds), scale)
