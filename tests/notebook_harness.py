@@ -16,7 +16,6 @@ run outside IPython.
 """
 from __future__ import annotations
 
-import os
 import importlib.util
 import os
 import sys

@@ -80,7 +80,7 @@ def test_trivial_augment_applies_one_drawn_operation_per_image():
     bins = rng.integers(0, augment.BINS, size=64)
     signs = np.where(rng.random(64) < 0.5, -1.0, 1.0)
     for i in range(64):
-        table, signed = augment.OPERATIONS[names[ops[i]]]
+        _, table, signed = augment.OPERATIONS[names[ops[i]]]
         m = None if table is None else table[bins[i]] * (signs[i] if signed else 1.0)
         expected = x[i:i + 1] if names[ops[i]] == "identity" else _ours(names[ops[i]], x[i:i + 1], m)
         assert np.array_equal(out[i:i + 1], expected), f"image {i}: {names[ops[i]]}({m})"

@@ -28,23 +28,6 @@ from __future__ import annotations
 import numpy as np
 
 BINS = 31  # magnitude bins; a draw picks bin 0..30 uniformly
-# name -> magnitude of bins 0..30 (None: no magnitude) and whether a random sign applies
-OPERATIONS = {
-    "identity": (None, False),
-    "shear_x": (np.linspace(0.0, 0.99, BINS), True),       # x' = x + m * y
-    "shear_y": (np.linspace(0.0, 0.99, BINS), True),
-    "translate_x": (np.linspace(0.0, 32.0, BINS), True),   # pixels
-    "translate_y": (np.linspace(0.0, 32.0, BINS), True),
-    "rotate": (np.linspace(0.0, 135.0, BINS), True),       # degrees, about the image centre
-    "brightness": (np.linspace(0.0, 0.99, BINS), True),    # enhance factor 1 + m
-    "color": (np.linspace(0.0, 0.99, BINS), True),
-    "contrast": (np.linspace(0.0, 0.99, BINS), True),
-    "sharpness": (np.linspace(0.0, 0.99, BINS), True),
-    "posterize": (8 - np.round(np.arange(BINS) / ((BINS - 1) / 6)), False),  # bits kept: 8 .. 2
-    "solarize": (np.linspace(255.0, 0.0, BINS), False),   # threshold
-    "autocontrast": (None, False),
-    "equalize": (None, False),
-}
 ERASE_MODES = ("zeros", "pixel")
 
 
@@ -172,6 +155,26 @@ def identity(x, m=None):
     return x
 
 
+# name -> (the operation, its magnitude in bins 0..30 or None, whether a random sign applies);
+# trivial_augment draws an index into this table, so its order is part of a run's draws
+OPERATIONS = {
+    "identity": (identity, None, False),
+    "shear_x": (shear_x, np.linspace(0.0, 0.99, BINS), True),          # x' = x + m * y
+    "shear_y": (shear_y, np.linspace(0.0, 0.99, BINS), True),
+    "translate_x": (translate_x, np.linspace(0.0, 32.0, BINS), True),  # pixels
+    "translate_y": (translate_y, np.linspace(0.0, 32.0, BINS), True),
+    "rotate": (rotate, np.linspace(0.0, 135.0, BINS), True),           # degrees, about the image centre
+    "brightness": (brightness, np.linspace(0.0, 0.99, BINS), True),    # enhance factor 1 + m
+    "color": (color, np.linspace(0.0, 0.99, BINS), True),
+    "contrast": (contrast, np.linspace(0.0, 0.99, BINS), True),
+    "sharpness": (sharpness, np.linspace(0.0, 0.99, BINS), True),
+    "posterize": (posterize, 8 - np.round(np.arange(BINS) / ((BINS - 1) / 6)), False),  # bits kept: 8 .. 2
+    "solarize": (solarize, np.linspace(255.0, 0.0, BINS), False),      # threshold
+    "autocontrast": (autocontrast, None, False),
+    "equalize": (equalize, None, False),
+}
+
+
 def trivial_augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One random operation at a random magnitude per image of a uint8 batch (B, H, W, C).
     Returns a new uint8 (B, H, W, C) array."""
@@ -193,13 +196,12 @@ def apply_trivial_augment(x, ops, bins, signs):
     if x.dtype != np.uint8 or x.ndim != 4:
         raise ValueError(f"trivial_augment takes uint8 images (B, H, W, C), got {x.dtype} {x.shape}")
     out = x.copy()
-    for k, name in enumerate(OPERATIONS):
+    for k, (operation, table, signed) in enumerate(OPERATIONS.values()):
         idx = np.flatnonzero(ops == k)
-        if len(idx) == 0 or name == "identity":
+        if len(idx) == 0 or operation is identity:
             continue
-        table, signed = OPERATIONS[name]
         m = None if table is None else table[bins[idx]] * (signs[idx] if signed else 1.0)
-        done = globals()[name](x[idx].astype(np.float32), m)
+        done = operation(x[idx].astype(np.float32), m)
         out[idx] = np.clip(np.floor(done + 0.5), 0, 255).astype(np.uint8)
     return out
 
@@ -218,10 +220,7 @@ def random_erase_draws(rng: np.random.Generator, shape, p: float = 0.25, area=(0
     (area fraction, log aspect ratio, then top-left corner) of which the first that fits is used;
     then, for mode "pixel", the noise (B, C, H, W). Index both with the rows a process loads.
     """
-    if mode not in ERASE_MODES:
-        raise ValueError(f"mode must be one of {ERASE_MODES}, got {mode!r}")
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"the erasing probability must lie in [0, 1], got {p}")
+    check_erase(p, mode)
     B, C, H, W = shape
     tries = 10
     erase = rng.random(B) < p
@@ -241,6 +240,14 @@ def random_erase_draws(rng: np.random.Generator, shape, p: float = 0.25, area=(0
     mask = (in_rows[:, :, None] & in_cols[:, None, :]) & erase[:, None, None]  # (B, H, W)
     fill = np.zeros((B, 1, 1, 1), np.float32) if mode == "zeros" else rng.standard_normal(shape, dtype=np.float32)
     return mask, fill
+
+
+def check_erase(p, mode):
+    """ValueError unless p is a probability and mode one of ERASE_MODES."""
+    if mode not in ERASE_MODES:
+        raise ValueError(f"mode must be one of {ERASE_MODES}, got {mode!r}")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"the erasing probability must lie in [0, 1], got {p}")
 
 
 def apply_random_erase(x, mask, fill):

@@ -156,7 +156,7 @@ class DataLoader:
         self.mean, self.std = tuple(mean), tuple(std)
         self.seed, self.prefetch, self.pad, self.crop_padding = seed, int(prefetch), int(pad), crop_padding
         self.rows = rows
-        _augment.random_erase_draws(np.random.default_rng(0), (1, 1, 1, 1), random_erase, mode=random_erase_mode)  # checks
+        _augment.check_erase(random_erase, random_erase_mode)
         self.trivial_augment, self.random_erase = bool(trivial_augment), float(random_erase)
         self.random_erase_mode = random_erase_mode
         self._next_epoch = 0

@@ -26,7 +26,6 @@ the same step, with a checkpoint. The same code runs with one process.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import replace
 from pathlib import Path
 
