@@ -50,6 +50,7 @@ from minivit.optim import WarmupSchedule
 from minivit.posemb import resize_pos_embed
 from minivit.train import param_groups
 from minivit.train.budget import TimeBudgetSchedule
+from minivit.train import runinfo
 from minivit.train.ema import ema_decay_at
 from minivit.variants import create_model
 from minivit.vit import mimetic_init
@@ -158,8 +159,11 @@ def main(argv=None):
     cfg = train_config_from_args(args)
     if cfg.optimizer != "adamw":
         raise SystemExit("torch_cifar.py runs AdamW (minivit's recipes' optimizer)")
+    if cfg.mixup_alpha or cfg.cutmix_alpha:
+        raise SystemExit("torch_cifar.py does not mix images (mixup/CutMix): run without --mixup-alpha/--cutmix-alpha")
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    run = runinfo.describe()
 
     # data: as minivit's Trainer builds it
     full = mdata.load_dataset(cfg.dataset, cfg.data_dir, "train", num_samples=cfg.num_samples, seed=cfg.seed)
@@ -170,7 +174,8 @@ def main(argv=None):
     mean, std = mdata.stats_for(full)
     common = dict(mean=mean, std=std, seed=cfg.seed)
     train_loader = mdata.DataLoader(train_set, cfg.batch_size, shuffle=True, augment=cfg.augment, drop_last=True,
-                                    crop_padding=cfg.crop_padding, **common)
+                                    crop_padding=cfg.crop_padding, trivial_augment=cfg.trivial_augment,
+                                    random_erase=cfg.random_erase, random_erase_mode=cfg.random_erase_mode, **common)
     eval_kw = dict(shuffle=False, augment=False, drop_last=False, **common)
     val_loader = mdata.DataLoader(val_set, 256, **eval_kw) if val_set is not None else None
     test_loader = mdata.DataLoader(test_set, 256, **eval_kw) if test_set is not None else None
@@ -263,7 +268,7 @@ def main(argv=None):
         if stop:
             records[-1]["stopped"] = stop
             break
-    result = {"config": asdict(cfg), "torch": torch.__version__, "timm": timm.__version__,
+    result = {"config": asdict(cfg), "run": runinfo.finish(run), "torch": torch.__version__, "timm": timm.__version__,
               "threads": torch.get_num_threads(),
               # minivit's malloc settings (kernels/cpu/memory.py) apply only once its CPU kernels load
               "glibc_keeps_freed_memory": bool(sys.modules.get("kernels.cpu.memory")

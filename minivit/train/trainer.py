@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from contextlib import ExitStack
 from dataclasses import asdict
@@ -50,6 +51,7 @@ from .config import TrainConfig
 from .ema import ema_decay_at, ema_weights, update_ema
 from .evaluation import evaluate
 from .progress import EpochStats, ProgressBar, interrupt_flag, truncate_metrics
+from . import runinfo
 from .resolution import at_resolution, check_low_res, switch_resolution, to_size
 
 
@@ -124,6 +126,7 @@ class Trainer:
         self.elapsed = 0.0  # seconds of training at the last step (the clock of time_limit and schedule_by="time")
         self.stats = EpochStats()  # the epoch in progress
         self.best_val = -1.0
+        self.resumed = bool(resume)  # run.json keeps the earlier fit() calls of a resumed run only
         if resume:
             self._resume()
         elif cfg.init_from:
@@ -237,6 +240,35 @@ class Trainer:
             raise ValueError(f"flip_tta is an option of Trainer.evaluate, which {type(self).__name__} replaces")
         if cfg.schedule_by == "time" and not isinstance(self.schedule, TimeBudgetSchedule):
             raise ValueError(f"schedule_by='time': {type(self).__name__} replaced the time-budget schedule")
+        run = runinfo.describe()
+        earlier = self._earlier_fits()
+        self._write_run(earlier + [run])
+        try:
+            return self._fit()
+        finally:
+            self._write_run(earlier + [runinfo.finish(run)])
+
+    def _earlier_fits(self):
+        """The fit() calls that run.json records already (a resumed run adds its own after them)."""
+        if not (self.resumed and self.writes_outputs):
+            return []
+        try:
+            fits = json.loads((self.out / "run.json").read_text())["fits"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+        return fits if isinstance(fits, list) else []
+
+    def _write_run(self, fits):
+        """run.json: for each fit() call, the machine, BLAS and environment, its start and (once it
+        returns or fails) its end; replaced whole, so a reader never sees half a file."""
+        if self.writes_outputs:
+            tmp = self.out / "run.json.tmp"
+            tmp.write_text(json.dumps({"fits": [{k: v for k, v in f.items() if k != "_t0"} for f in fits]},
+                                      indent=2))
+            os.replace(tmp, self.out / "run.json")
+
+    def _fit(self):
+        cfg = self.cfg
         final = {}
         with kernels.use(**self.kernel_choices), interrupt_flag() as self._interrupted:
             model_config = self.model.config.to_dict()  # at the full size, also when training starts at low res
