@@ -184,8 +184,9 @@ SPECS: dict[str, OpSpec] = {
         lambda d, dt, rng: Inputs((_normal(rng, (d["B"], d["Hh"], d["N"], d["N"]), dt, 3.0),)),
         lambda d, s: (2 * d["B"] * d["Hh"] * d["N"] ** 2 * s, 3 * d["B"] * d["Hh"] * d["N"] ** 2 * s), "GB/s"),
     "attention": OpSpec(
-        {"cifar": dict(B=128, Hh=3, N=65, hd=64), "long": dict(B=4, Hh=3, N=1024, hd=64)},
-        ("cifar", "long"), _mk_attention,
+        {"mini": dict(B=128, Hh=4, N=64, hd=32), "cifar": dict(B=128, Hh=3, N=65, hd=64),
+         "long": dict(B=4, Hh=3, N=1024, hd=64)},
+        ("mini", "cifar", "long"), _mk_attention,
         lambda d, s: (4 * d["B"] * d["Hh"] * d["N"] ** 2 * d["hd"], 8 * d["B"] * d["Hh"] * d["N"] ** 2 * d["hd"]),
         "GFLOP/s"),
     "softmax_cross_entropy": OpSpec(

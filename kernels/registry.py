@@ -85,7 +85,7 @@ DEFAULTS = {
         "layernorm": "cpu_v1",                # normact.py: as fast as v2, M*D less memory
         "gelu": "cpu_v3",                     # normact.py: vectorised float32 erf and exp
         "softmax": "cpu_v2",                  # normact.py: vectorised float32 exp
-        "attention": "cpu_v3",                # attention.py: flash tiles; best fwd+bwd on the AMD box
+        "attention": "cpu_v4",                # attention.py: a task per head, BLAS inside; v3 past 256 MiB of P
         "softmax_cross_entropy": "cpu_v1",    # loss.py: the only Numba version
         "adamw_update": "cpu_v2",             # optim.py: serial below 32768 elements
         "conv2d": "reference",                # conv.py: im2col + one BLAS product; cpu_v1 is no faster

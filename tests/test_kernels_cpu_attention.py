@@ -32,7 +32,7 @@ REL = {"float32": 2e-6, "float64": 1e-12}
 DTYPES = ("float32", "float64")
 SETTINGS = settings(max_examples=25, deadline=None)
 IMPLS = {i.name: i for i in kernels.available("attention", device="cpu")}
-NUMBA_VERSIONS = ("cpu_v1", "cpu_v2", "cpu_v3", "cpu_blas")
+NUMBA_VERSIONS = ("cpu_v1", "cpu_v2", "cpu_v3", "cpu_v4", "cpu_blas")
 
 
 def _warm_up():
@@ -192,3 +192,20 @@ def test_unbinds_views_reach_gpu_kernels_as_views_and_cpu_kernels_as_dense_copie
     views = device == "gpu"
     assert all(np.shares_memory(a, qkv) == views for a in seen["qkv"])
     assert all(a.flags.c_contiguous != views for a in seen["qkv"])
+
+
+def test_v4_keeps_p_for_short_sequences_and_runs_flash_tiles_past_its_memory_bound(monkeypatch):
+    """cpu_v4 keeps the (B, Hh, N, N) probabilities while they fit V4_MAX_P_BYTES, and above it runs
+    v3's tiles (memory linear in N); both give the reference's result."""
+    from kernels.cpu import attention
+
+    q, k, v, dout = (a.astype(np.float32) for a in qkv(7, 2, 2, 40, 8))
+    kinds = {}
+    for bound in (2 * 2 * 40 * 40 * 4, 2 * 2 * 40 * 40 * 4 - 1):  # exactly P's bytes, one byte less
+        monkeypatch.setattr(attention, "V4_MAX_P_BYTES", bound)
+        _, cache = IMPLS["cpu_v4"].forward(q, k, v, 8**-0.5)
+        kinds[bound] = (cache[0], [a.shape for a in cache[1] if isinstance(a, np.ndarray)])
+        check_against_reference("cpu_v4", "float32", q, k, v, dout, 8**-0.5)
+    assert kinds[2 * 2 * 40 * 40 * 4] == ("v4", [(2, 2, 40, 8)] * 3 + [(2, 2, 40, 40)])
+    assert kinds[2 * 2 * 40 * 40 * 4 - 1][0] == "v3"
+    assert (2, 2, 40, 40) not in kinds[2 * 2 * 40 * 40 * 4 - 1][1]

@@ -93,3 +93,38 @@ def test_numba_runs_on_tbb_and_blas_keeps_its_threads_whatever_was_imported_firs
     layer, same = _run(code).stdout.split()
     expected = "tbb" if threads._tbb_library() else "omp"
     assert layer == expected and same == "True"
+
+
+def test_scipys_blas_runs_one_thread_inside_the_v4_attention_kernel_and_gets_its_count_back(monkeypatch):
+    """cpu_v4's Numba tasks call SciPy's OpenBLAS (np.dot in Numba code) from every thread at once:
+    its count is 1 while the kernel runs and the user's count comes back after it."""
+    switch = threads._blas_thread_switch("scipy")
+    if switch is None:
+        pytest.skip("SciPy's BLAS is not an OpenBLAS found here")
+    assert switch != threads._blas_thread_switch("numpy")  # a library of its own, with its own count
+    import kernels
+    from kernels.cpu import attention
+
+    get, set_ = switch
+    before = get()
+    counts = []
+    real = attention._v4_forward
+
+    def spy(*args):
+        counts.append(get())
+        return real(*args)
+
+    monkeypatch.setattr(attention, "_v4_forward", spy)
+    set_(2)
+    try:
+        impl = next(i for i in kernels.available("attention", device="cpu") if i.name == "cpu_v4")
+        q = np.ones((1, 2, 65, 64), np.float32)
+        impl.forward(q, q, q, 0.125)
+        assert counts == [1] and get() == 2
+    finally:
+        set_(before)
+
+
+def test_single_threaded_blas_names_the_libraries_it_knows():
+    with pytest.raises(ValueError, match=r"which BLAS: expected one of \['numpy', 'scipy'\], got 'mkl'"):
+        threads.single_threaded_blas("mkl")

@@ -31,6 +31,14 @@ cpu_v3   Flash-style (Dao et al. 2022; backward as FlashAttention-2, Dao 2023): 
 cpu_blas The reference's matmuls in BLAS (np.matmul), with the softmax (and its scale, using
          fastmath.exp_shifted) and backward's dS = P * (dP - rowsum(dP * P)) fused in Numba loops
          in place. Memory O(N^2). Fastest at N=1024, where BLAS's large matmuls shine.
+cpu_v4   cpu_blas's algorithm as one Numba task per head: inside the task, np.dot calls BLAS for
+         the head's products (Numba routes it to SciPy's OpenBLAS, held at one thread while the
+         kernel runs: threads.single_threaded_blas("scipy")) and the softmax / dsoftmax loops run
+         between them, so the head's P (16 KiB at N=64) goes from its product to the softmax to
+         P @ v in cache, instead of three passes over all heads' (B, Hh, N, N) in memory. P is
+         kept for backward (4 products, no exp recomputed). Decision: it keeps P while P fits
+         V4_MAX_P_BYTES (256 MiB); past that it runs v3's tiles, whose memory is linear in N.
+         The CPU default since 2026-12-07 (table below).
 
 Measured (ms, float32, fwd / bwd, speed-up over the reference in brackets) on the 2-core AMD
 EPYC (Zen 3, AVX2, no AVX-512), shared with other jobs (load average about 2): medians of 5
@@ -86,6 +94,25 @@ AVX2-sized register blocks do not keep up, and the second core was mostly taken 
 (v3 ran no faster on 2 threads than on 1): cpu_blas is fastest at both sizes and v3 is slower
 than the reference. The default stays v3 (chosen on the AMD box) until it is measured on an
 idle machine of this kind.
+
+cpu_v4 against v3 and cpu_blas, 2026-12-07, 2-core AMD EPYC (family 25 model 17, Zen 4, AVX-512
+at half width; NumPy's OpenBLAS 0.3.31 SkylakeX kernels, SciPy 1.17's OpenBLAS), idle, PyTorch
+imported first: three runs of `python -m kernels.bench attention --impls
+reference,cpu_v3,cpu_blas,cpu_v4 --repeat 7`, first run (ms, fwd / bwd; the other two within 7%):
+
+    version    mini B=128 Hh=4 N=64 hd=32   CIFAR B=128 Hh=3 N=65 hd=64   long B=4 Hh=3 N=1024 hd=64
+    reference   9.7 / 9.8                     11.1 / 14.3                   63.2 / 74.8
+    cpu_v3      4.9 / 10.1                     6.2 / 13.4                   62.3 / 100.4
+    cpu_blas    4.7 / 5.4                      5.9 / 7.7                    33.6 / 48.2
+    cpu_v4      3.5 / 4.2  (77 / 127 GFLOP/s)  4.5 / 6.3  (93 / 131)        26.8 / 42.2 (120 / 153)
+
+At vit_mini's 16 px phase (N=16, B=128, Hh=4, hd=32; medians of 15): v3 0.91 / 2.09 ms, cpu_blas
+0.44 / 0.49, v4 0.32 / 0.29. v4 halves v3's fwd+bwd at N=64 (15.0 -> 7.7 ms a layer) and is
+fastest at every size measured; v3's backward, with its fifth product and parallelism over heads
+only, was the slowest part. In benchmarks/timm_step.py (--rounds 7, two runs of each, taking
+turns) the training ratio to timm went from 0.86, 0.86 (vit_mini, batch 128), 0.96, 0.89 (256),
+0.99, 0.99 (vit_cifar, 128), 0.94, 0.94 (256) with v3 to 1.02, 0.98 / 1.04, 1.00 / 1.02, 1.02 /
+0.97, 1.00 with v4 (benchmarks/results/README.md).
 
 Strided q, k, v (tried 2026-12-07, not kept): the model's q, k, v are views of one (B, N, 3, Hh,
 hd) projection, and autograd copies them to dense (B, Hh, N, hd) arrays before these kernels run
@@ -463,6 +490,28 @@ def _dsoftmax_heads(p, dp, scale):
 
 
 # ---------------------------------------------------------------------------------------------
+# v4: one task per head, its products in BLAS from inside the Numba task (np.dot: SciPy's BLAS)
+
+@njit(cache=True, parallel=True)
+def _v4_forward(q, k, v, scale, p, out):
+    for bh in prange(q.shape[0]):  # the head's P stays in cache from its product to P @ v
+        np.dot(q[bh], k[bh].T, p[bh])
+        _softmax_head(p[bh], scale)
+        np.dot(p[bh], v[bh], out[bh])
+
+
+@njit(cache=True, parallel=True)
+def _v4_backward(dout, q, k, v, p, scale, scratch, dq, dk, dv):
+    for bh in prange(q.shape[0]):
+        ds = scratch[get_thread_id()]  # dP, then dS in place: one (N, N) array per thread
+        np.dot(p[bh].T, dout[bh], dv[bh])
+        np.dot(dout[bh], v[bh].T, ds)
+        _dsoftmax_head(p[bh], ds, scale)
+        np.dot(ds, k[bh], dq[bh])
+        np.dot(ds.T, q[bh], dk[bh])
+
+
+# ---------------------------------------------------------------------------------------------
 # Entry points with the registry's calling convention: out, cache = forward(q, k, v, scale);
 # dq, dk, dv = backward(dout, cache). Caches hold references to q, k, v (and out for v3), as
 # the reference's does: callers must not change those arrays in place before backward.
@@ -546,11 +595,42 @@ def blas_backward(dout, cache):
     return threads.matmul(ds, k), threads.matmul(np.swapaxes(ds, -1, -2), q), dv
 
 
+V4_MAX_P_BYTES = 256 << 20  # v4 keeps P up to this size; longer sequences run v3 (memory linear in N)
+
+
+def v4_forward(q, k, v, scale):
+    q, k, v, scale = _checked(q, k, v, scale)
+    B, Hh, N, hd = q.shape
+    if B * Hh * N * N * q.itemsize > V4_MAX_P_BYTES:
+        out, cache = v3_forward(q, k, v, scale)
+        return out, ("v3", cache)
+    p, out = np.empty((B, Hh, N, N), q.dtype), np.empty_like(q)
+    with threads.single_threaded_blas(which="scipy"):
+        _v4_forward(*_heads(q, k, v), scale, *_heads(p, out))
+    return out, ("v4", (q, k, v, p, scale))
+
+
+def v4_backward(dout, cache):
+    kind, cache = cache
+    if kind == "v3":
+        return v3_backward(dout, cache)
+    q, k, v, p, scale = cache
+    dout, dq, dk, dv = _backward_arrays(dout, q)
+    N = q.shape[2]
+    scratch = np.empty((numba.config.NUMBA_NUM_THREADS, N, N), q.dtype)
+    with threads.single_threaded_blas(which="scipy"):
+        _v4_backward(*_heads(dout, q, k, v, p), scale, scratch, *_heads(dq, dk, dv))
+    return dq, dk, dv
+
+
 register("attention", "cpu_v1", v1_forward, v1_backward,
          description="Numba: N x N scores per head as in the reference, plain loops, parallel over heads")
 register("attention", "cpu_v2", v2_forward, v2_backward,
          description="Numba: fused per query row, keeps the row log-sum-exp, not P")
 register("attention", "cpu_v3", v3_forward, v3_backward,
          description="Numba: flash-style tiles, online softmax, memory linear in N")
+register("attention", "cpu_v4", v4_forward, v4_backward,
+         description="Numba task per head calling BLAS (SciPy's, one thread) for its 6 products; keeps P "
+                     "up to 256 MiB, flash v3 above")
 register("attention", "cpu_blas", blas_forward, blas_backward,
          description="np.matmul (BLAS) around a Numba-fused softmax and dsoftmax")

@@ -73,10 +73,13 @@ _OPENBLAS_ONE_THREAD_BELOW = 65536 * 4
 _SPLIT_FROM = 1 << 24  # flops: a product is split over threads from 16 MFLOP (some 150 us per thread)
 _NUMBA_LAYERS_WITHOUT_TBB = ("omp", "workqueue")  # a user's choice of these needs no libtbb
 _NUMBA_PRIORITY = ["tbb", "omp", "workqueue"]  # Numba's own order when no layer is named
-_lock = threading.Lock()  # guards _pool, _switch and _blas
+_lock = threading.Lock()  # guards _pool, _switches and _blas
 _pool = None
-_switch = None  # (get, set) of NumPy's OpenBLAS thread count, found on first use; False: no OpenBLAS
-_blas = {"running": 0, "users_count": 1}  # minivit products holding BLAS at 1 thread; the count before
+# (get, set) of an OpenBLAS's thread count, found on first use; False: not an OpenBLAS found here.
+# "numpy": the BLAS of np.matmul; "scipy": SciPy's, which np.dot inside Numba code calls.
+_switches = {}
+_blas = {"numpy": {"running": 0, "users_count": 1},  # minivit products holding that BLAS at 1 thread,
+         "scipy": {"running": 0, "users_count": 1}}  # and its count before the first of them
 
 
 def choose_threading_layer() -> str:
@@ -148,17 +151,32 @@ def _executor():
         return _pool
 
 
-def _blas_thread_switch():
-    """(get_num_threads, set_num_threads) of the OpenBLAS NumPy runs on, as plain ctypes calls (a
-    fraction of a microsecond each), or None where NumPy's BLAS is not an OpenBLAS found here."""
-    global _switch
-    if _switch is not None:
-        return _switch or None
+def _blas_thread_switch(which="numpy"):
+    """(get_num_threads, set_num_threads) of the OpenBLAS NumPy (which="numpy") or SciPy
+    ("scipy") runs on, as plain ctypes calls (a fraction of a microsecond each), or None where that
+    BLAS is not an OpenBLAS found here."""
+    switch = _switches.get(which)
+    if switch is not None:
+        return switch or None
     with _lock:
-        if _switch is None:
-            calls = [c for c in map(_thread_count_calls, _numpy_openblas_paths()) if c]
-            _switch = calls[0] if len(calls) == 1 else False  # two copies: which is NumPy's is unknown
-        return _switch or None
+        if _switches.get(which) is None:
+            paths = _numpy_openblas_paths() if which == "numpy" else _scipy_openblas_paths()
+            calls = [c for c in map(_thread_count_calls, paths) if c]
+            _switches[which] = calls[0] if len(calls) == 1 else False  # two copies: which one runs is unknown
+        return _switches[which] or None
+
+
+def _scipy_openblas_paths() -> list[str]:
+    """The OpenBLAS a SciPy wheel bundles (scipy.libs/ beside the package), which Numba's np.dot
+    calls through scipy.linalg.cython_blas; [] for a SciPy built on another BLAS or not installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("scipy")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    here = list(spec.submodule_search_locations)[0]
+    return sorted(glob.glob(os.path.join(here, os.pardir, "scipy.libs", "*openblas*"))
+                  + glob.glob(os.path.join(here, ".dylibs", "*openblas*")))
 
 
 def _numpy_openblas_paths() -> list[str]:
@@ -197,36 +215,44 @@ def _thread_count_calls(path):
 
 
 class single_threaded_blas:
-    """`with single_threaded_blas() as blas:` NumPy's OpenBLAS uses one thread while the block runs.
+    """`with single_threaded_blas() as blas:` NumPy's OpenBLAS uses one thread while the block runs
+    (`single_threaded_blas(which="scipy")`: SciPy's, for Numba kernels that call np.dot).
     OpenBLAS's count is process-wide, so the blocks of all Python threads share one switch: the
     first to enter saves the user's count and sets 1, the last to leave puts it back (unless
     someone set another count meanwhile: theirs stands). `blas.threads` is how many threads a
     product may be split over: Numba's count, at most the user's BLAS count. Where NumPy's BLAS is
     not OpenBLAS, nothing is switched and `blas.threads` is 1."""
 
+    def __init__(self, which="numpy"):
+        if which not in _blas:
+            raise ValueError(f"which BLAS: expected one of {sorted(_blas)}, got {which!r}")
+        self.which = which
+
     def __enter__(self):
-        self.switch = _blas_thread_switch()
+        self.switch = _blas_thread_switch(self.which)
         if self.switch is None:
             self.threads = 1
             return self
         get, set_ = self.switch
+        state = _blas[self.which]
         with _lock:
-            if _blas["running"] == 0:
-                _blas["users_count"] = get()
-                if _blas["users_count"] != 1:
+            if state["running"] == 0:
+                state["users_count"] = get()
+                if state["users_count"] != 1:
                     set_(1)
-            _blas["running"] += 1
-            users_count = _blas["users_count"]
+            state["running"] += 1
+            users_count = state["users_count"]
         self.threads = min(num_threads(), users_count)
         return self
 
     def __exit__(self, *exc):
         if self.switch is not None:
             get, set_ = self.switch
+            state = _blas[self.which]
             with _lock:
-                _blas["running"] -= 1
-                if _blas["running"] == 0 and _blas["users_count"] != 1 and get() == 1:
-                    set_(_blas["users_count"])
+                state["running"] -= 1
+                if state["running"] == 0 and state["users_count"] != 1 and get() == 1:
+                    set_(state["users_count"])
         return False
 
 
