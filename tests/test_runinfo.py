@@ -83,3 +83,15 @@ def test_a_broken_run_json_is_replaced_not_trusted(tmp_path):
     (tmp_path / "run.json").write_text('{"fits": "not a list"')
     Trainer(tiny_config(tmp_path), resume=True).fit()
     assert len(fits(tmp_path)) == 1
+
+
+def test_describing_a_run_loads_no_cpu_kernel_and_changes_nothing():
+    """benchmarks/torch_cifar.py describes a PyTorch run with it: minivit's CPU kernels (whose loading
+    changes the process: kernels/cpu/process.py) must stay unloaded."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy\nfrom minivit.train import runinfo\ninfo = runinfo.describe()\n"
+            "print('kernels.cpu' in sys.modules, info['blas']['numpy'] == numpy.__version__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["False", "True"], out.stdout + out.stderr

@@ -64,12 +64,18 @@ def blas() -> dict:
 
 
 def _openblas_corename():
-    """OpenBLAS's name for the kernels it picked ("Haswell", "SkylakeX", "Zen"...), or None."""
-    try:
-        from kernels.cpu.threads import _numpy_openblas_paths
-    except ImportError:
-        return None
-    for path in _numpy_openblas_paths():
+    """OpenBLAS's name for the kernels it picked ("Haswell", "SkylakeX", "Zen"...), or None. Found
+    beside NumPy as kernels/cpu/threads.py finds it, without importing kernels.cpu: loading minivit's
+    CPU kernels changes the process (kernels/cpu/process.py), and describing a run must not (a
+    PyTorch run in benchmarks/torch_cifar.py describes itself too)."""
+    import glob
+
+    import numpy as np
+
+    here = os.path.dirname(np.__file__)
+    paths = sorted(glob.glob(os.path.join(here, os.pardir, "numpy.libs", "*openblas*"))
+                   + glob.glob(os.path.join(here, ".dylibs", "*openblas*")))
+    for path in paths:
         try:
             dll = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0) | ctypes.RTLD_LOCAL)
         except OSError:
