@@ -81,8 +81,11 @@ def test_a_run_that_fails_still_records_its_end(tmp_path, monkeypatch):
 def test_a_broken_run_json_is_replaced_not_trusted(tmp_path):
     Trainer(tiny_config(tmp_path, max_steps=2)).fit()
     (tmp_path / "run.json").write_text('{"fits": "not a list"')
-    Trainer(tiny_config(tmp_path), resume=True).fit()
+    Trainer(tiny_config(tmp_path, max_steps=3), resume=True).fit()
     assert len(fits(tmp_path)) == 1
+    (tmp_path / "run.json").write_text('{"fits": [1, "x", null]}')  # entries that are not records
+    Trainer(tiny_config(tmp_path), resume=True).fit()
+    assert len(fits(tmp_path)) == 1 and "started_at" in fits(tmp_path)[0]
 
 
 def test_describing_a_run_loads_no_cpu_kernel_and_changes_nothing():

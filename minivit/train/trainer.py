@@ -256,7 +256,7 @@ class Trainer:
             fits = json.loads((self.out / "run.json").read_text())["fits"]
         except (OSError, ValueError, KeyError, TypeError):
             return []
-        return fits if isinstance(fits, list) else []
+        return [f for f in fits if isinstance(f, dict)] if isinstance(fits, list) else []  # a hand-edited file: skip junk
 
     def _write_run(self, fits):
         """run.json: for each fit() call, the machine, BLAS and environment, its start and (once it
