@@ -58,13 +58,14 @@ against timm: benchmarks/timm_step.py --import-orders (benchmarks/results/).
 from __future__ import annotations
 
 import ctypes
-import glob
 import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from ..openblas_files import bundled_openblas
 
 # OpenBLAS multi-threads a product only above m*n*k = 65536 * 4 (SMP_THRESHOLD_MIN *
 # GEMM_MULTITHREAD_THRESHOLD in its interface/gemm.c): below, np.matmul stays on the calling thread
@@ -167,27 +168,18 @@ def _blas_thread_switch(which="numpy"):
 
 
 def _scipy_openblas_paths() -> list[str]:
-    """The OpenBLAS a SciPy wheel bundles (scipy.libs/ beside the package), which Numba's np.dot
-    calls through scipy.linalg.cython_blas; [] for a SciPy built on another BLAS or not installed."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("scipy")
-    if spec is None or not spec.submodule_search_locations:
-        return []
-    here = list(spec.submodule_search_locations)[0]
-    return sorted(glob.glob(os.path.join(here, os.pardir, "scipy.libs", "*openblas*"))
-                  + glob.glob(os.path.join(here, ".dylibs", "*openblas*")))
+    """The OpenBLAS a SciPy wheel bundles, which Numba's np.dot calls through
+    scipy.linalg.cython_blas; [] for a SciPy built on another BLAS or not installed."""
+    return bundled_openblas("scipy")
 
 
 def _numpy_openblas_paths() -> list[str]:
     """Where NumPy's OpenBLAS is: the copy its wheel bundles (numpy.libs/ beside the package on
     Linux and Windows, numpy/.dylibs on macOS), else the BLAS libraries the process has mapped (a
     NumPy built on the system's OpenBLAS), other wheels' private copies left out."""
-    here = os.path.dirname(np.__file__)
-    bundled = glob.glob(os.path.join(here, os.pardir, "numpy.libs", "*openblas*"))
-    bundled += glob.glob(os.path.join(here, ".dylibs", "*openblas*"))
+    bundled = bundled_openblas("numpy")
     if bundled:
-        return sorted(bundled)
+        return bundled
     try:
         with open("/proc/self/maps") as maps:  # Linux: address, perms, offset, device, inode, path
             fields = [line.split(maxsplit=5) for line in maps]

@@ -65,17 +65,12 @@ def blas() -> dict:
 
 def _openblas_corename():
     """OpenBLAS's name for the kernels it picked ("Haswell", "SkylakeX", "Zen"...), or None. Found
-    beside NumPy as kernels/cpu/threads.py finds it, without importing kernels.cpu: loading minivit's
-    CPU kernels changes the process (kernels/cpu/process.py), and describing a run must not (a
-    PyTorch run in benchmarks/torch_cifar.py describes itself too)."""
-    import glob
+    where NumPy's wheel bundles it (kernels/openblas_files.py), without importing kernels.cpu:
+    loading minivit's CPU kernels changes the process (kernels/cpu/process.py), and describing a
+    run must not (a PyTorch run in benchmarks/torch_cifar.py describes itself too)."""
+    from kernels.openblas_files import bundled_openblas
 
-    import numpy as np
-
-    here = os.path.dirname(np.__file__)
-    paths = sorted(glob.glob(os.path.join(here, os.pardir, "numpy.libs", "*openblas*"))
-                   + glob.glob(os.path.join(here, ".dylibs", "*openblas*")))
-    for path in paths:
+    for path in bundled_openblas("numpy"):
         try:
             dll = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0) | ctypes.RTLD_LOCAL)
         except OSError:
