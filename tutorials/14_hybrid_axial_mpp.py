@@ -33,6 +33,7 @@
 # T2 (self-supervised pre-training as a reason to use Transformers). Time: about 10 s on 2 cores.
 
 # %%
+import json
 from pathlib import Path
 
 import numpy as np
@@ -384,6 +385,10 @@ print(f"from scratch {scratch:.1f}%; fine-tuned after MPP {pretrained_mpp:.1f}% 
 assert runs["vit"]["steps"] == runs["mpp_finetune"]["steps"]  # the same fine-tuning budget
 assert pretrained_mpp < scratch  # at this scale the paper's gain does not appear
 assert round(scratch - pretrained_mpp) == 4  # the text below says "4 points below"
+rows = [json.loads(line) for line in (ROOT / "experiments/architectures/results.jsonl").read_text().splitlines() if line]
+colour_acc = next(r["train_acc"] for r in rows if r["run"] == "mpp_pretrain")  # corrupted patches' colour, right
+print(f"MPP pre-training: {100 * colour_acc:.1f}% of corrupted patches got the right colour (chance 1 in 512)")
+assert round(100 * colour_acc, 1) == 10.9 and colour_acc > 50 / 512  # the text below; far above chance
 
 # %% [markdown]
 # At this scale it does not: 300 steps of pre-training on 19,200 images taught the encoder to
