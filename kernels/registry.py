@@ -85,7 +85,7 @@ DEFAULTS = {
         "layernorm": "cpu_v1",                # normact.py: as fast as v2, M*D less memory
         "gelu": "cpu_v3",                     # normact.py: vectorised float32 erf and exp
         "softmax": "cpu_v2",                  # normact.py: vectorised float32 exp
-        "attention": "cpu_v4",                # attention.py: a task per head, BLAS inside; v3 past 256 MiB of P
+        "attention": "cpu_v5",                # attention.py: v4 on the qkv projection in place (no copies); v3 past 256 MiB of P
         "softmax_cross_entropy": "cpu_v1",    # loss.py: the only Numba version
         "adamw_update": "cpu_v2",             # optim.py: serial below 32768 elements
         "conv2d": "reference",                # conv.py: im2col + one BLAS product; cpu_v1 is no faster
@@ -131,6 +131,7 @@ class Impl:
     backward: Callable | None  # None for ops without a gradient (adamw_update)
     description: str
     foreach: Callable | None = None  # the op on lists of arrays in one call (multi-tensor adamw_update)
+    strided: bool = False  # takes strided views as they are (else autograd passes C-contiguous copies)
 
 
 _TABLE: dict[str, dict[str, Impl]] = {op: {} for op in OPS}  # op -> name -> Impl
@@ -140,11 +141,11 @@ _WARNED: set[str] = set()  # devices whose fallback has been announced
 _LOADED = False
 
 
-def register(op, name, forward, backward=None, *, device="cpu", description="", foreach=None):
+def register(op, name, forward, backward=None, *, device="cpu", description="", foreach=None, strided=False):
     """Add one implementation to the table (a later registration with the same name replaces it).
     Whether it runs by default is decided by DEFAULTS, not here."""
     _check_op(op)
-    _TABLE[op][name] = Impl(op, name, device, forward, backward, description, foreach)
+    _TABLE[op][name] = Impl(op, name, device, forward, backward, description, foreach, strided)
     return _TABLE[op][name]
 
 

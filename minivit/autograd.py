@@ -130,10 +130,10 @@ class KernelOp(Function):
     @classmethod
     def forward(cls, ctx, *arrays, **params):
         ctx.impl = kernels.get(cls.op, device_of(arrays[0]))
-        # On the GPU a strided op's kernels read the views where they lie; on the CPU, Numba's
-        # loops compiled for dense arrays ran a vit_mini training step about 5% faster with the
-        # copies than the strided version of them did (kernels/cpu/attention.py), so they stay.
-        ctx.strided = cls.strided and ctx.impl.device == "gpu"
+        # A strided op's GPU kernels, and the CPU kernels registered with strided=True (attention
+        # cpu_v5), read the views where they lie; the other CPU kernels get C-contiguous copies
+        # (Numba compiles their loops for dense arrays; kernels/cpu/attention.py has the story).
+        ctx.strided = cls.strided and (ctx.impl.device == "gpu" or ctx.impl.strided)
         if not ctx.strided:
             arrays = [_contiguous(a) if a is not None and a.dtype.kind == "f" else a for a in arrays]
         out, ctx.cache = ctx.impl.forward(*arrays, **params)
@@ -592,11 +592,32 @@ class Unbind(Function):
     @staticmethod
     def backward(ctx, *grads):
         xp = array_module(next(g for g in grads if g is not None))
+        stacked = _slices_of_one_array(grads, ctx.shape, ctx.axis, ctx.dtype)
+        if stacked is not None:  # a kernel already wrote them side by side (attention cpu_v5's dq, dk, dv)
+            return stacked
         order = ctx.memory_order
         out = xp.empty([ctx.shape[i] for i in order], dtype=ctx.dtype).transpose(np.argsort(order))
         for i, g in enumerate(grads):
             out[(slice(None),) * ctx.axis + (i,)] = 0 if g is None else g
         return out
+
+
+def _slices_of_one_array(grads, shape, axis, dtype):
+    """The array of `shape` whose slices along `axis` are exactly `grads`, as a view, when they
+    are NumPy views of one base at equal steps with equal strides (so the view covers their
+    elements and nothing else); otherwise None."""
+    g0 = grads[0]
+    if not all(isinstance(g, np.ndarray) for g in grads) or g0.base is None or g0.dtype != dtype:
+        return None
+    if any(g.base is not g0.base or g.shape != g0.shape or g.strides != g0.strides or g.dtype != g0.dtype
+           for g in grads):
+        return None
+    starts = [g.__array_interface__["data"][0] for g in grads]
+    step = starts[1] - starts[0] if len(grads) > 1 else 0
+    if any(b - a != step for a, b in zip(starts, starts[1:])) or tuple(shape[:axis] + shape[axis + 1:]) != g0.shape:
+        return None
+    strides = g0.strides[:axis] + (step,) + g0.strides[axis:]
+    return np.lib.stride_tricks.as_strided(g0, shape=shape, strides=strides)
 
 
 class Concatenate(Function):

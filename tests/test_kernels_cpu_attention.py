@@ -32,7 +32,7 @@ REL = {"float32": 2e-6, "float64": 1e-12}
 DTYPES = ("float32", "float64")
 SETTINGS = settings(max_examples=25, deadline=None)
 IMPLS = {i.name: i for i in kernels.available("attention", device="cpu")}
-NUMBA_VERSIONS = ("cpu_v1", "cpu_v2", "cpu_v3", "cpu_v4", "cpu_blas")
+NUMBA_VERSIONS = ("cpu_v1", "cpu_v2", "cpu_v3", "cpu_v4", "cpu_v5", "cpu_blas")
 
 
 def _warm_up():
@@ -164,11 +164,12 @@ def test_every_numba_version_is_registered_and_the_cpu_default_is_one_of_them():
     assert kernels.get("attention", device="cpu").name in NUMBA_VERSIONS
 
 
-@pytest.mark.parametrize("device", ["cpu", "gpu"])
-def test_unbinds_views_reach_gpu_kernels_as_views_and_cpu_kernels_as_dense_copies(device, monkeypatch):
-    """autograd copies q, k, v to dense arrays for the CPU kernels, which
-    ran faster that way; a GPU kernel of attention reads the strided views itself (a stand-in
-    implementation with device "gpu" sees what CuPy's kernels would)."""
+@pytest.mark.parametrize("device, strided", [("cpu", False), ("cpu", True), ("gpu", False)])
+def test_unbinds_views_reach_strided_kernels_as_views_and_the_others_as_dense_copies(device, strided, monkeypatch):
+    """autograd copies q, k, v to dense arrays for the CPU kernels registered without strided=True
+    (Numba compiles their loops for dense arrays); a GPU kernel of attention, and a CPU kernel
+    registered with strided=True (cpu_v5), read the strided views themselves (a stand-in
+    implementation sees what the real ones would)."""
     from minivit import functional as F
     from minivit.autograd import Tensor
 
@@ -176,7 +177,7 @@ def test_unbinds_views_reach_gpu_kernels_as_views_and_cpu_kernels_as_dense_copie
 
     class Spy:
         def __init__(self):
-            self.device = device
+            self.device, self.strided = device, strided
 
         def forward(self, q, k, v, **params):
             seen["qkv"] = (q, k, v)
@@ -189,9 +190,63 @@ def test_unbinds_views_reach_gpu_kernels_as_views_and_cpu_kernels_as_dense_copie
     qkv = np.random.default_rng(0).standard_normal((2, 5, 3, 2, 4)).astype(np.float32)  # (B, N, 3, Hh, hd)
     q, k, v = (Tensor(a, requires_grad=True) for a in qkv.transpose(2, 0, 3, 1, 4))  # (B, Hh, N, hd) views
     F.scaled_dot_product_attention(q, k, v).sum().backward()
-    views = device == "gpu"
+    views = device == "gpu" or strided
     assert all(np.shares_memory(a, qkv) == views for a in seen["qkv"])
     assert all(a.flags.c_contiguous != views for a in seen["qkv"])
+
+
+def test_v5_writes_out_with_heads_side_by_side_and_the_gradients_as_one_qkv_array():
+    """cpu_v5's out is a (B, Hh, N, hd) view whose transpose to (B, N, Hh, hd) is C-contiguous, and
+    its dq, dk, dv are the three slices of one (B, N, 3, Hh, hd) array: the layouts that let the
+    model's transpose, reshape and unbind pass through without copies."""
+    B, N, Hh, hd = 2, 9, 3, 4
+    rng = np.random.default_rng(2)
+    qkv_ = rng.standard_normal((B, N, 3, Hh, hd)).astype(np.float32)
+    q, k, v = np.transpose(qkv_, (2, 0, 3, 1, 4))
+    out, cache = IMPLS["cpu_v5"].forward(q, k, v, hd**-0.5)
+    assert out.shape == (B, Hh, N, hd) and out.transpose(0, 2, 1, 3).flags.c_contiguous
+    dq, dk, dv = IMPLS["cpu_v5"].backward(np.ones_like(out), cache)
+    base = dq.base
+    assert base is not None and base.shape == (B, N, 3, Hh, hd) and dk.base is base and dv.base is base
+    for i, g in enumerate((dq, dk, dv)):
+        assert np.shares_memory(g, base[:, :, i]) and np.array_equal(g, base[:, :, i].transpose(0, 2, 1, 3))
+
+
+def test_model_attention_through_v5_gives_qkv_gradient_without_stacking_copies():
+    """The model's path (projection -> reshape -> transpose -> unbind -> attention -> transpose ->
+    reshape) run with cpu_v5 equals the same with cpu_v4, and unbind's backward hands back the
+    kernel's own gradient array (a view, no copy); with gradients that are not slices of one
+    array it still stacks them."""
+    from minivit import functional as F
+    from minivit.autograd import Tensor, _slices_of_one_array
+
+    B, N, Hh, hd = 3, 10, 2, 8
+    D = Hh * hd
+    rng = np.random.default_rng(3)
+    x0, w = rng.standard_normal((B, N, 3 * D)).astype(np.float32), rng.standard_normal((B, N, D)).astype(np.float32)
+    results = {}
+    for name in ("cpu_v4", "cpu_v5"):
+        with kernels.use(attention=name):
+            x = Tensor(x0, requires_grad=True)
+            q, k, v = x.reshape(B, N, 3, Hh, hd).transpose(2, 0, 3, 1, 4).unbind(0)
+            y = F.scaled_dot_product_attention(q, k, v).transpose(0, 2, 1, 3).reshape(B, N, D)
+            (y * Tensor(w)).sum().backward()
+            results[name] = y.data, x.grad
+    np.testing.assert_allclose(results["cpu_v5"][0], results["cpu_v4"][0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(results["cpu_v5"][1], results["cpu_v4"][1], rtol=1e-5, atol=1e-6)
+
+    grads = np.empty((B, N, 3, Hh, hd), np.float32)
+    grads[...] = rng.standard_normal(grads.shape)
+    views = tuple(grads[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+    stacked = _slices_of_one_array(views, (3, B, Hh, N, hd), 0, np.dtype(np.float32))
+    assert stacked is not None and np.shares_memory(stacked, grads)
+    assert stacked.transpose(1, 3, 0, 2, 4).flags.c_contiguous
+    np.testing.assert_array_equal(stacked, np.stack(views))
+    apart = tuple(np.ascontiguousarray(g) for g in views)  # three arrays: must be copied together
+    assert _slices_of_one_array(apart, (3, B, Hh, N, hd), 0, np.dtype(np.float32)) is None
+    unequal = (views[0], views[2], views[1])  # one base, but not at equal steps
+    assert _slices_of_one_array(unequal, (3, B, Hh, N, hd), 0, np.dtype(np.float32)) is None
+    assert _slices_of_one_array(views, (3, B, Hh, N, hd), 0, np.dtype(np.float64)) is None
 
 
 def test_v4_keeps_p_for_short_sequences_and_runs_flash_tiles_past_its_memory_bound(monkeypatch):
@@ -209,3 +264,16 @@ def test_v4_keeps_p_for_short_sequences_and_runs_flash_tiles_past_its_memory_bou
     assert kinds[2 * 2 * 40 * 40 * 4] == ("v4", [(2, 2, 40, 8)] * 3 + [(2, 2, 40, 40)])
     assert kinds[2 * 2 * 40 * 40 * 4 - 1][0] == "v3"
     assert (2, 2, 40, 40) not in kinds[2 * 2 * 40 * 40 * 4 - 1][1]
+
+
+def test_v5_keeps_p_for_short_sequences_and_runs_flash_tiles_past_its_memory_bound(monkeypatch):
+    """cpu_v5 shares v4's bound (V4_MAX_P_BYTES): at it P is kept, one byte less runs v3's tiles."""
+    from kernels.cpu import attention
+
+    q, k, v, dout = (a.astype(np.float32) for a in qkv(8, 2, 2, 40, 8))
+    kinds = {}
+    for bound in (2 * 2 * 40 * 40 * 4, 2 * 2 * 40 * 40 * 4 - 1):
+        monkeypatch.setattr(attention, "V4_MAX_P_BYTES", bound)
+        kinds[bound] = IMPLS["cpu_v5"].forward(q, k, v, 8**-0.5)[1][0]
+        check_against_reference("cpu_v5", "float32", q, k, v, dout, 8**-0.5)
+    assert kinds == {2 * 2 * 40 * 40 * 4: "v5", 2 * 2 * 40 * 40 * 4 - 1: "v3"}

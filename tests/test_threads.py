@@ -95,8 +95,9 @@ def test_numba_runs_on_tbb_and_blas_keeps_its_threads_whatever_was_imported_firs
     assert layer == expected and same == "True"
 
 
-def test_scipys_blas_runs_one_thread_inside_the_v4_attention_kernel_and_gets_its_count_back(monkeypatch):
-    """cpu_v4's Numba tasks call SciPy's OpenBLAS (np.dot in Numba code) from every thread at once:
+@pytest.mark.parametrize("version", ["v4", "v5"])
+def test_scipys_blas_runs_one_thread_inside_the_v4_v5_attention_kernels_and_gets_its_count_back(version, monkeypatch):
+    """cpu_v4's and cpu_v5's Numba tasks call SciPy's OpenBLAS (np.dot in Numba code) from every thread at once:
     its count is 1 while the kernel runs and the user's count comes back after it."""
     switch = threads._blas_thread_switch("scipy")
     if switch is None:
@@ -108,16 +109,16 @@ def test_scipys_blas_runs_one_thread_inside_the_v4_attention_kernel_and_gets_its
     get, set_ = switch
     before = get()
     counts = []
-    real = attention._v4_forward
+    real = getattr(attention, f"_{version}_forward")
 
     def spy(*args):
         counts.append(get())
         return real(*args)
 
-    monkeypatch.setattr(attention, "_v4_forward", spy)
+    monkeypatch.setattr(attention, f"_{version}_forward", spy)
     set_(2)
     try:
-        impl = next(i for i in kernels.available("attention", device="cpu") if i.name == "cpu_v4")
+        impl = next(i for i in kernels.available("attention", device="cpu") if i.name == f"cpu_{version}")
         q = np.ones((1, 2, 65, 64), np.float32)
         impl.forward(q, q, q, 0.125)
         assert counts == [1] and get() == 2

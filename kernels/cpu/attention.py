@@ -38,7 +38,18 @@ cpu_v4   cpu_blas's algorithm as one Numba task per head: inside the task, np.do
          P @ v in cache, instead of three passes over all heads' (B, Hh, N, N) in memory. P is
          kept for backward (4 products, no exp recomputed). Decision: it keeps P while P fits
          V4_MAX_P_BYTES (256 MiB); past that it runs v3's tiles, whose memory is linear in N.
-         The CPU default since 2026-12-07 (table below).
+         The CPU default from 2026-12-07 until v5 (table below).
+cpu_v5   v4 without the copies around it. The model's q, k, v are views of its (B, N, 3, Hh, hd)
+         qkv projection; autograd used to copy each to a dense (B, Hh, N, hd) array (three copies
+         a forward, 2.2 ms a layer at vit_mini's batch 128), to transpose the output back to
+         (B, N, D) (another) and, in backward, to gather dq, dk, dv into the projection's layout
+         (1.6 ms a layer). v5 is registered with strided=True, so autograd passes the views; it
+         finds the projection array they are views of (_one_qkv_array; a copy only when they
+         are not), each task copies its head's rows into per-thread scratch with unit-stride
+         loops that LLVM vectorises, runs v4's products and loops there, and writes its output
+         rows into a (B, N, Hh, hd) array and its dq, dk, dv into one (B, N, 3, Hh, hd) array:
+         the layouts in which the model's transpose, reshape and unbind (Unbind.backward in
+         minivit/autograd.py) pass through with no copy. The CPU default since 2026-12-07.
 
 Measured (ms, float32, fwd / bwd, speed-up over the reference in brackets) on the 2-core AMD
 EPYC (Zen 3, AVX2, no AVX-512), shared with other jobs (load average about 2): medians of 5
@@ -114,13 +125,29 @@ turns) the training ratio to timm went from 0.86, 0.86 (vit_mini, batch 128), 0.
 0.99, 0.99 (vit_cifar, 128), 0.94, 0.94 (256) with v3 to 1.02, 0.98 / 1.04, 1.00 / 1.02, 1.02 /
 0.97, 1.00 with v4 (benchmarks/results/README.md).
 
-Strided q, k, v (tried 2026-12-07, not kept): the model's q, k, v are views of one (B, N, 3, Hh,
-hd) projection, and autograd copies them to dense (B, Hh, N, hd) arrays before these kernels run
-(three copies a forward). A version of every kernel here that read the views in place, each task
-copying its head or tile into scratch, made vit_mini's training step (batch 128) about 5% slower
-against timm in benchmarks/timm_step.py (0.85, 0.85 against 0.94, 0.88 for the dense kernels, 2-core
-AMD EPYC Zen 4, idle): Numba compiles these loops for any-layout arrays then, and the copies inside
-the tasks cost more than the three bulk copies. The GPU kernels do read the views (kernels/gpu).
+Strided q, k, v, first try (2026-12-07, not kept): a version of every kernel here that read the
+views in place, each task copying its head or tile into scratch, made vit_mini's training step
+(batch 128) about 5% slower against timm in benchmarks/timm_step.py (0.85, 0.85 against 0.94, 0.88
+for the dense kernels, 2-core AMD EPYC Zen 4, idle): Numba compiles the loops for any-layout
+arrays then (no known unit stride, so no vector loads), and the copies inside the tasks cost more
+than the three bulk copies. A first v5 that copied from the (B, Hh, N, hd) views did the same
+(inference 8% slower than v4). What made v5 pay: its kernels take the C-contiguous projection
+array itself, so the per-task copies have a unit inner stride, and its outputs are laid out so that
+autograd's views need no copy either (above).
+
+cpu_v5 against v4, 2026-12-07, the same 2-core Zen 4 box (a slower day than v4's table: NumPy's
+product peak 196-211 GFLOP/s, PyTorch's 145-187), each a fresh process, taking turns:
+- `python benchmarks/profile_step.py --markdown --steps 5` (vit_mini, batch 128; v4 by
+  MINIVIT_KERNELS=attention=cpu_v4; benchmarks/results/profile_step_*_attn_v4_round3/4, _v5_round1/2):
+  whole step v4 478.9 / 477.7 ms, v5 445.5 / 390.4 ms; "between kernels" 81.9 / 80.5 -> 25.0 /
+  20.6 ms; attention itself fwd 29-31 -> 29-34 ms, bwd 37-38 -> 39-53 ms (the copies into scratch
+  are now inside it).
+- `python benchmarks/timm_step.py --rounds 7` (v4 from a worktree of the commit before; files
+  timm_step_*_attn_v4_round3/4, _v5_round1/2), training ratio to timm (vit_mini 128, 256, vit_cifar
+  128, 256): v4 0.98, 0.97, 1.12, 0.98 and 1.04, 0.99, 1.06, 0.99; v5 1.06, 1.07, 1.07, 1.05 and
+  1.07, 1.11, 1.10, 1.04. Inference: v4 0.84, 0.93, 0.94, 1.01 and 0.89, 0.89, 0.96, 0.98; v5 0.90,
+  0.93, 1.04, 1.00 and 0.94, 1.02, 1.03, 1.02. vit_cifar's training step: 65-72% of NumPy's peak
+  with v4, 71-72% with v5.
 """
 import numba
 import numpy as np
@@ -512,6 +539,81 @@ def _v4_backward(dout, q, k, v, p, scale, scratch, dq, dk, dv):
 
 
 # ---------------------------------------------------------------------------------------------
+# v5: v4 reading q, k, v (and dout) where they lie and writing out, dq, dk, dv where the model
+# wants them. The model's q, k, v are views of one (B, N, 3, Hh, hd) projection; v5 gets that
+# array itself, C-contiguous, so that each task's copies of its head's rows (into per-thread
+# scratch, in cache) are loops with a unit inner stride that LLVM vectorises. out is written as
+# (B, N, Hh, hd), the gradients as one (B, N, 3, Hh, hd) array, all C-contiguous.
+
+@njit(cache=True)
+def _rows_from_qkv(qkv, b, s, h, dst):
+    """dst (N, hd) = qkv[b, :, s, h, :]: head h of q (s=0), k (1) or v (2) of image b."""
+    for i in range(dst.shape[0]):
+        for d in range(dst.shape[1]):
+            dst[i, d] = qkv[b, i, s, h, d]
+
+
+@njit(cache=True)
+def _rows_to_qkv(src, qkv, b, s, h):
+    """qkv[b, :, s, h, :] = src (N, hd)."""
+    for i in range(src.shape[0]):
+        for d in range(src.shape[1]):
+            qkv[b, i, s, h, d] = src[i, d]
+
+
+@njit(cache=True)
+def _rows_from_heads(x, b, h, dst):
+    """dst (N, hd) = x[b, :, h, :] for x (B, N, Hh, hd)."""
+    for i in range(dst.shape[0]):
+        for d in range(dst.shape[1]):
+            dst[i, d] = x[b, i, h, d]
+
+
+@njit(cache=True)
+def _rows_to_heads(src, x, b, h):
+    """x[b, :, h, :] = src (N, hd) for x (B, N, Hh, hd)."""
+    for i in range(src.shape[0]):
+        for d in range(src.shape[1]):
+            x[b, i, h, d] = src[i, d]
+
+
+@njit(cache=True, parallel=True)
+def _v5_forward(qkv, scale, p, out, scratch):
+    """qkv (B, N, 3, Hh, hd), p (B, Hh, N, N), out (B, N, Hh, hd), scratch (threads, 4, N, hd)."""
+    Hh = qkv.shape[3]
+    for bh in prange(qkv.shape[0] * Hh):
+        b, h = bh // Hh, bh % Hh
+        t = scratch[get_thread_id()]  # this head's q, k, v and output, dense
+        for s in range(3):
+            _rows_from_qkv(qkv, b, s, h, t[s])
+        np.dot(t[0], t[1].T, p[b, h])
+        _softmax_head(p[b, h], scale)
+        np.dot(p[b, h], t[2], t[3])
+        _rows_to_heads(t[3], out, b, h)
+
+
+@njit(cache=True, parallel=True)
+def _v5_backward(dout, qkv, p, scale, scratch, ds_scratch, dqkv):
+    """dout (B, N, Hh, hd), qkv and dqkv (B, N, 3, Hh, hd), scratch (threads, 5, N, hd)."""
+    Hh = qkv.shape[3]
+    for bh in prange(qkv.shape[0] * Hh):
+        b, h = bh // Hh, bh % Hh
+        tid = get_thread_id()
+        t, ds = scratch[tid], ds_scratch[tid]  # t: q, k, v, dout, a result; ds (N, N): dP, then dS
+        for s in range(3):
+            _rows_from_qkv(qkv, b, s, h, t[s])
+        _rows_from_heads(dout, b, h, t[3])
+        np.dot(p[b, h].T, t[3], t[4])
+        _rows_to_qkv(t[4], dqkv, b, 2, h)  # dv
+        np.dot(t[3], t[2].T, ds)
+        _dsoftmax_head(p[b, h], ds, scale)
+        np.dot(ds, t[1], t[4])
+        _rows_to_qkv(t[4], dqkv, b, 0, h)  # dq
+        np.dot(ds.T, t[0], t[4])
+        _rows_to_qkv(t[4], dqkv, b, 1, h)  # dk
+
+
+# ---------------------------------------------------------------------------------------------
 # Entry points with the registry's calling convention: out, cache = forward(q, k, v, scale);
 # dq, dk, dv = backward(dout, cache). Caches hold references to q, k, v (and out for v3), as
 # the reference's does: callers must not change those arrays in place before backward.
@@ -623,6 +725,66 @@ def v4_backward(dout, cache):
     return dq, dk, dv
 
 
+def _one_qkv_array(q, k, v, dtype):
+    """A C-contiguous (B, N, 3, Hh, hd) array whose [:, :, 0/1/2] transposed to (B, Hh, N, hd) are
+    q, k, v: the array they are views of when the model made them (unbind of the projection), so
+    nothing is copied; otherwise a new one they are copied into."""
+    B, Hh, N, hd = q.shape
+    it = np.dtype(dtype).itemsize
+    if all(isinstance(a, np.ndarray) and a.dtype == dtype for a in (q, k, v)) and q.base is not None \
+            and k.base is q.base and v.base is q.base and q.strides == k.strides == v.strides:
+        step = k.__array_interface__["data"][0] - q.__array_interface__["data"][0]
+        if v.__array_interface__["data"][0] - k.__array_interface__["data"][0] == step == Hh * hd * it:
+            s = q.strides  # of (B, Hh, N, hd); the array they share, (B, N, 3, Hh, hd):
+            whole = np.lib.stride_tricks.as_strided(q, (B, N, 3, Hh, hd), (s[0], s[2], step, s[1], s[3]))
+            if whole.flags.c_contiguous:  # holds q, k, v and nothing else, laid out as expected
+                return whole
+    whole = np.empty((B, N, 3, Hh, hd), dtype)
+    for i, a in enumerate((q, k, v)):
+        whole[:, :, i] = a.transpose(0, 2, 1, 3)
+    return whole
+
+
+def v5_forward(q, k, v, scale):
+    """v4 on the (B, N, 3, Hh, hd) array that the model's q, k, v are views of (_one_qkv_array),
+    with no copies of them. out is returned as a (B, Hh, N, hd) view of a (B, N, Hh, hd) array,
+    the heads side by side, so that the model's transpose back to (B, N, D) is free too."""
+    if q.ndim != 4 or not (q.shape == k.shape == v.shape):
+        raise ValueError(f"q, k, v must share one (B, Hh, N, hd) shape, got {q.shape}, {k.shape}, {v.shape}")
+    dtype = np.result_type(q, k, v)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"attention kernels take float32 or float64 arrays, got {dtype}")
+    B, Hh, N, hd = q.shape
+    if B * Hh * N * N * dtype.itemsize > V4_MAX_P_BYTES:
+        out, cache = v3_forward(q, k, v, scale)
+        return out, ("v3", cache)
+    qkv = _one_qkv_array(q, k, v, dtype)
+    p, out = np.empty((B, Hh, N, N), dtype), np.empty((B, N, Hh, hd), dtype)
+    scratch = np.empty((numba.config.NUMBA_NUM_THREADS, 4, N, hd), dtype)
+    scale = dtype.type(scale)
+    with threads.single_threaded_blas(which="scipy"):
+        _v5_forward(qkv, scale, p, out, scratch)
+    return out.transpose(0, 2, 1, 3), ("v5", (qkv, p, scale))
+
+
+def v5_backward(dout, cache):
+    """dq, dk, dv as (B, Hh, N, hd) views of one (B, N, 3, Hh, hd) array: laid out as the
+    projection that q, k, v came from, so that autograd's unbind, transpose and reshape hand its
+    gradient back without a copy (Unbind.backward in minivit/autograd.py)."""
+    kind, cache = cache
+    if kind == "v3":
+        return v3_backward(dout, cache)
+    qkv, p, scale = cache
+    B, N, _, Hh, hd = qkv.shape
+    dout = np.ascontiguousarray(dout.transpose(0, 2, 1, 3), dtype=qkv.dtype)  # (B, N, Hh, hd): a view if it was one
+    dqkv = np.empty_like(qkv)
+    T = numba.config.NUMBA_NUM_THREADS
+    scratch, ds_scratch = np.empty((T, 5, N, hd), qkv.dtype), np.empty((T, N, N), qkv.dtype)
+    with threads.single_threaded_blas(which="scipy"):
+        _v5_backward(dout, qkv, p, scale, scratch, ds_scratch, dqkv)
+    return tuple(dqkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+
+
 register("attention", "cpu_v1", v1_forward, v1_backward,
          description="Numba: N x N scores per head as in the reference, plain loops, parallel over heads")
 register("attention", "cpu_v2", v2_forward, v2_backward,
@@ -632,5 +794,8 @@ register("attention", "cpu_v3", v3_forward, v3_backward,
 register("attention", "cpu_v4", v4_forward, v4_backward,
          description="Numba task per head calling BLAS (SciPy's, one thread) for its 6 products; keeps P "
                      "up to 256 MiB, flash v3 above")
+register("attention", "cpu_v5", v5_forward, v5_backward, strided=True,
+         description="v4 reading the q, k, v views in place (per-head copies into scratch), output "
+                     "with heads side by side, gradients in one qkv-shaped array: no copies around it")
 register("attention", "cpu_blas", blas_forward, blas_backward,
          description="np.matmul (BLAS) around a Numba-fused softmax and dsoftmax")

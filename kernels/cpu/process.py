@@ -33,7 +33,8 @@ threads.py and memory.py.
    OPENBLAS_NUM_THREADS=1, OMP_NUM_THREADS=1 or a threadpoolctl limit of 1 keeps minivit's
    products on one thread. With another BLAS than OpenBLAS nothing is switched.
    The same for SciPy's OpenBLAS (a library of its own in SciPy's wheels), while the attention
-   kernel cpu_v4 runs: its Numba tasks call BLAS through np.dot, which Numba routes to SciPy's.
+   kernels cpu_v4 and cpu_v5 run: their Numba tasks call BLAS through np.dot, which Numba routes
+   to SciPy's.
 
 4. A thread pool, "minivit-blas": Numba's thread count minus one workers.
    When: at the first product large enough to split over threads. They block on a queue when
