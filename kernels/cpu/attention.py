@@ -148,6 +148,13 @@ product peak 196-211 GFLOP/s, PyTorch's 145-187), each a fresh process, taking t
   1.07, 1.11, 1.10, 1.04. Inference: v4 0.84, 0.93, 0.94, 1.01 and 0.89, 0.89, 0.96, 0.98; v5 0.90,
   0.93, 1.04, 1.00 and 0.94, 1.02, 1.03, 1.02. vit_cifar's training step: 65-72% of NumPy's peak
   with v4, 71-72% with v5.
+Tried on v5 and not kept: an inference path (autograd calling a forward that keeps nothing for
+backward where no graph is recorded), which reused one (N, N) P per thread instead of writing
+every head's P into a (B, Hh, N, N) array. In one process, taking turns (no_grad forward, batch
+128, medians of 9), it was no faster: vit_mini 144.9 ms keeping P against 150.8 ms reusing it,
+171.7 against 185.2 in a second run; vit_cifar 339.5 / 341.2 and 342.5 / 344.8. A head's P is
+in cache from its product to P @ v either way, and kernels/cpu/memory.py hands the freed arrays
+back without page faults.
 """
 import numba
 import numpy as np

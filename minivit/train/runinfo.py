@@ -114,7 +114,7 @@ def source() -> str | None:
 def describe() -> dict:
     """Everything above, the Python, the command line, the environment variables that matter
     (absent ones as null) and the load average when the run starts (other jobs on the machine)."""
-    return {"started_at": now(), "process_started_at": _process_started(), "_t0": time.time(),
+    return {"started_at": now(), "started_unix": round(time.time(), 3), "process_started_at": _process_started(),
             "argv": list(sys.argv), "minivit_source": source(), "python": platform.python_version(), "host": platform.node(),
             "cpu": cpu(), "blas": blas(), "env": {v: os.environ.get(v) for v in ENV_VARS},
             "load_average_1min_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
@@ -122,7 +122,7 @@ def describe() -> dict:
 
 def finish(info: dict) -> dict:
     """`info` with the end time, the seconds since describe() and the load average at the end."""
-    out = {k: v for k, v in info.items() if k != "_t0"}
-    out.update(ended_at=now(), seconds=round(time.time() - info["_t0"], 1),
+    out = dict(info)
+    out.update(ended_at=now(), seconds=round(time.time() - info["started_unix"], 1),
                load_average_1min_at_end=os.getloadavg()[0] if hasattr(os, "getloadavg") else None)
     return out

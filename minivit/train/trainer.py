@@ -263,8 +263,7 @@ class Trainer:
         returns or fails) its end; replaced whole, so a reader never sees half a file."""
         if self.writes_outputs:
             tmp = self.out / "run.json.tmp"
-            tmp.write_text(json.dumps({"fits": [{k: v for k, v in f.items() if k != "_t0"} for f in fits]},
-                                      indent=2))
+            tmp.write_text(json.dumps({"fits": fits}, indent=2))
             os.replace(tmp, self.out / "run.json")
 
     def _fit(self):
