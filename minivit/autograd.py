@@ -30,6 +30,7 @@ import numpy as np
 
 import kernels
 from kernels.reference.dense import unbroadcast  # the backward of NumPy broadcasting: sum over broadcast axes
+from kernels.views import stacked_view  # np.stack of views of one array, as a view (unbind's backward)
 
 from . import device as _device
 from .device import array_module, device_of, to_device, to_host  # numpy or cupy; "cpu" or "gpu"
@@ -603,21 +604,10 @@ class Unbind(Function):
 
 
 def _slices_of_one_array(grads, shape, axis, dtype):
-    """The array of `shape` whose slices along `axis` are exactly `grads`, as a view, when they
-    are NumPy views of one base at equal steps with equal strides (so the view covers their
-    elements and nothing else); otherwise None."""
-    g0 = grads[0]
-    if not all(isinstance(g, np.ndarray) for g in grads) or g0.base is None or g0.dtype != dtype:
-        return None
-    if any(g.base is not g0.base or g.shape != g0.shape or g.strides != g0.strides or g.dtype != g0.dtype
-           for g in grads):
-        return None
-    starts = [g.__array_interface__["data"][0] for g in grads]
-    step = starts[1] - starts[0] if len(grads) > 1 else 0
-    if any(b - a != step for a, b in zip(starts, starts[1:])) or tuple(shape[:axis] + shape[axis + 1:]) != g0.shape:
-        return None
-    strides = g0.strides[:axis] + (step,) + g0.strides[axis:]
-    return np.lib.stride_tricks.as_strided(g0, shape=shape, strides=strides)
+    """The array of `shape` and `dtype` whose slices along `axis` are exactly `grads`, as a view
+    (kernels.views.stacked_view), or None."""
+    stacked = stacked_view(grads, axis)
+    return stacked if stacked is not None and stacked.dtype == dtype and stacked.shape == tuple(shape) else None
 
 
 class Concatenate(Function):

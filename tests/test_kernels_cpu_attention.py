@@ -205,6 +205,9 @@ def test_v5_writes_out_with_heads_side_by_side_and_the_gradients_as_one_qkv_arra
     q, k, v = np.transpose(qkv_, (2, 0, 3, 1, 4))
     out, cache = IMPLS["cpu_v5"].forward(q, k, v, hd**-0.5)
     assert out.shape == (B, Hh, N, hd) and out.transpose(0, 2, 1, 3).flags.c_contiguous
+    assert cache[0] == "v5" and cache[1][0] is not qkv_ and np.shares_memory(cache[1][0], qkv_)  # read in place
+    dense = [np.ascontiguousarray(a) for a in (q, k, v)]  # not slices of one array: copied into a new one
+    assert not np.shares_memory(IMPLS["cpu_v5"].forward(*dense, hd**-0.5)[1][1][0], dense[0])
     dq, dk, dv = IMPLS["cpu_v5"].backward(np.ones_like(out), cache)
     base = dq.base
     assert base is not None and base.shape == (B, N, 3, Hh, hd) and dk.base is base and dv.base is base

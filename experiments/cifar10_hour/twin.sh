@@ -9,14 +9,9 @@ cd "$(dirname "$0")/../.."
 DAY=${1:-$(date -u +%F)}
 TORCH_PY=${2:-/work/benchvenv/bin/python}
 DATA=../shared/data/cifar10-jpeg
-H=experiments/cifar10_hour/hour_$DAY
 T=experiments/cifar10_hour/torch_$DAY
-mkdir -p $H $T runs
-echo "minivit start $(date -u +%FT%TZ)" | tee $H/wall.txt
-.venv/bin/minivit train --recipe cifar10-hour --data-dir $DATA --out runs/cifar10-hour-$DAY --no-progress \
-    2>&1 | tee $H/train.log
-echo "minivit end $(date -u +%FT%TZ)" | tee -a $H/wall.txt
-cp runs/cifar10-hour-$DAY/{config.json,metrics.jsonl,curves.png,run.json} $H/
+mkdir -p $T runs
+bash experiments/cifar10_hour/variant.sh hour_$DAY  # the recipe unchanged: its files in hour_$DAY/
 echo "torch start $(date -u +%FT%TZ)" | tee $T/wall.txt
 PYTHONPATH=. $TORCH_PY benchmarks/torch_cifar.py --recipe cifar10-hour --data-dir $DATA \
     --out runs/torch-hour-$DAY 2>&1 | tee $T/train.log

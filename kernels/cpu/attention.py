@@ -161,6 +161,7 @@ import numpy as np
 from numba import get_thread_id, njit, prange
 
 from ..registry import register
+from ..views import stacked_view
 from . import threads
 from .fastmath import exp_shifted
 
@@ -553,71 +554,56 @@ def _v4_backward(dout, q, k, v, p, scale, scratch, dq, dk, dv):
 # (B, N, Hh, hd), the gradients as one (B, N, 3, Hh, hd) array, all C-contiguous.
 
 @njit(cache=True)
-def _rows_from_qkv(qkv, b, s, h, dst):
-    """dst (N, hd) = qkv[b, :, s, h, :]: head h of q (s=0), k (1) or v (2) of image b."""
+def _rows_from(x, b, s, h, dst):
+    """dst (N, hd) = x[b, :, s, h, :] for x (B, N, S, Hh, hd): head h of q (s=0), k (1) or v (2)
+    of image b in the projection, or (S=1) of the output's gradient."""
     for i in range(dst.shape[0]):
         for d in range(dst.shape[1]):
-            dst[i, d] = qkv[b, i, s, h, d]
+            dst[i, d] = x[b, i, s, h, d]
 
 
 @njit(cache=True)
-def _rows_to_qkv(src, qkv, b, s, h):
-    """qkv[b, :, s, h, :] = src (N, hd)."""
+def _rows_to(src, x, b, s, h):
+    """x[b, :, s, h, :] = src (N, hd): the reverse of _rows_from."""
     for i in range(src.shape[0]):
         for d in range(src.shape[1]):
-            qkv[b, i, s, h, d] = src[i, d]
-
-
-@njit(cache=True)
-def _rows_from_heads(x, b, h, dst):
-    """dst (N, hd) = x[b, :, h, :] for x (B, N, Hh, hd)."""
-    for i in range(dst.shape[0]):
-        for d in range(dst.shape[1]):
-            dst[i, d] = x[b, i, h, d]
-
-
-@njit(cache=True)
-def _rows_to_heads(src, x, b, h):
-    """x[b, :, h, :] = src (N, hd) for x (B, N, Hh, hd)."""
-    for i in range(src.shape[0]):
-        for d in range(src.shape[1]):
-            x[b, i, h, d] = src[i, d]
+            x[b, i, s, h, d] = src[i, d]
 
 
 @njit(cache=True, parallel=True)
 def _v5_forward(qkv, scale, p, out, scratch):
-    """qkv (B, N, 3, Hh, hd), p (B, Hh, N, N), out (B, N, Hh, hd), scratch (threads, 4, N, hd)."""
+    """qkv (B, N, 3, Hh, hd), p (B, Hh, N, N), out (B, N, 1, Hh, hd), scratch (threads, 4, N, hd)."""
     Hh = qkv.shape[3]
     for bh in prange(qkv.shape[0] * Hh):
         b, h = bh // Hh, bh % Hh
         t = scratch[get_thread_id()]  # this head's q, k, v and output, dense
         for s in range(3):
-            _rows_from_qkv(qkv, b, s, h, t[s])
+            _rows_from(qkv, b, s, h, t[s])
         np.dot(t[0], t[1].T, p[b, h])
         _softmax_head(p[b, h], scale)
         np.dot(p[b, h], t[2], t[3])
-        _rows_to_heads(t[3], out, b, h)
+        _rows_to(t[3], out, b, 0, h)
 
 
 @njit(cache=True, parallel=True)
 def _v5_backward(dout, qkv, p, scale, scratch, ds_scratch, dqkv):
-    """dout (B, N, Hh, hd), qkv and dqkv (B, N, 3, Hh, hd), scratch (threads, 5, N, hd)."""
+    """dout (B, N, 1, Hh, hd), qkv and dqkv (B, N, 3, Hh, hd), scratch (threads, 5, N, hd)."""
     Hh = qkv.shape[3]
     for bh in prange(qkv.shape[0] * Hh):
         b, h = bh // Hh, bh % Hh
         tid = get_thread_id()
         t, ds = scratch[tid], ds_scratch[tid]  # t: q, k, v, dout, a result; ds (N, N): dP, then dS
         for s in range(3):
-            _rows_from_qkv(qkv, b, s, h, t[s])
-        _rows_from_heads(dout, b, h, t[3])
+            _rows_from(qkv, b, s, h, t[s])
+        _rows_from(dout, b, 0, h, t[3])
         np.dot(p[b, h].T, t[3], t[4])
-        _rows_to_qkv(t[4], dqkv, b, 2, h)  # dv
+        _rows_to(t[4], dqkv, b, 2, h)  # dv
         np.dot(t[3], t[2].T, ds)
         _dsoftmax_head(p[b, h], ds, scale)
         np.dot(ds, t[1], t[4])
-        _rows_to_qkv(t[4], dqkv, b, 0, h)  # dq
+        _rows_to(t[4], dqkv, b, 0, h)  # dq
         np.dot(ds.T, t[0], t[4])
-        _rows_to_qkv(t[4], dqkv, b, 1, h)  # dk
+        _rows_to(t[4], dqkv, b, 1, h)  # dk
 
 
 # ---------------------------------------------------------------------------------------------
@@ -625,12 +611,18 @@ def _v5_backward(dout, qkv, p, scale, scratch, ds_scratch, dqkv):
 # dq, dk, dv = backward(dout, cache). Caches hold references to q, k, v (and out for v3), as
 # the reference's does: callers must not change those arrays in place before backward.
 
-def _checked(q, k, v, scale):
+def _dtype(q, k, v):
+    """The dtype to compute in, after checking shapes and dtypes."""
     if q.ndim != 4 or not (q.shape == k.shape == v.shape):
         raise ValueError(f"q, k, v must share one (B, Hh, N, hd) shape, got {q.shape}, {k.shape}, {v.shape}")
     dtype = np.result_type(q, k, v)
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"attention kernels take float32 or float64 arrays, got {dtype}")
+    return dtype
+
+
+def _checked(q, k, v, scale):
+    dtype = _dtype(q, k, v)
     q, k, v = (np.ascontiguousarray(a, dtype=dtype) for a in (q, k, v))
     return q, k, v, dtype.type(scale)
 
@@ -736,16 +728,10 @@ def _one_qkv_array(q, k, v, dtype):
     """A C-contiguous (B, N, 3, Hh, hd) array whose [:, :, 0/1/2] transposed to (B, Hh, N, hd) are
     q, k, v: the array they are views of when the model made them (unbind of the projection), so
     nothing is copied; otherwise a new one they are copied into."""
+    whole = stacked_view((q, k, v))  # (3, B, Hh, N, hd), if they are slices of one array
+    if whole is not None and whole.dtype == dtype and whole.transpose(1, 3, 0, 2, 4).flags.c_contiguous:
+        return whole.transpose(1, 3, 0, 2, 4)  # holds q, k, v and nothing else, laid out as expected
     B, Hh, N, hd = q.shape
-    it = np.dtype(dtype).itemsize
-    if all(isinstance(a, np.ndarray) and a.dtype == dtype for a in (q, k, v)) and q.base is not None \
-            and k.base is q.base and v.base is q.base and q.strides == k.strides == v.strides:
-        step = k.__array_interface__["data"][0] - q.__array_interface__["data"][0]
-        if v.__array_interface__["data"][0] - k.__array_interface__["data"][0] == step == Hh * hd * it:
-            s = q.strides  # of (B, Hh, N, hd); the array they share, (B, N, 3, Hh, hd):
-            whole = np.lib.stride_tricks.as_strided(q, (B, N, 3, Hh, hd), (s[0], s[2], step, s[1], s[3]))
-            if whole.flags.c_contiguous:  # holds q, k, v and nothing else, laid out as expected
-                return whole
     whole = np.empty((B, N, 3, Hh, hd), dtype)
     for i, a in enumerate((q, k, v)):
         whole[:, :, i] = a.transpose(0, 2, 1, 3)
@@ -756,11 +742,7 @@ def v5_forward(q, k, v, scale):
     """v4 on the (B, N, 3, Hh, hd) array that the model's q, k, v are views of (_one_qkv_array),
     with no copies of them. out is returned as a (B, Hh, N, hd) view of a (B, N, Hh, hd) array,
     the heads side by side, so that the model's transpose back to (B, N, D) is free too."""
-    if q.ndim != 4 or not (q.shape == k.shape == v.shape):
-        raise ValueError(f"q, k, v must share one (B, Hh, N, hd) shape, got {q.shape}, {k.shape}, {v.shape}")
-    dtype = np.result_type(q, k, v)
-    if dtype not in (np.float32, np.float64):
-        raise TypeError(f"attention kernels take float32 or float64 arrays, got {dtype}")
+    dtype = _dtype(q, k, v)
     B, Hh, N, hd = q.shape
     if B * Hh * N * N * dtype.itemsize > V4_MAX_P_BYTES:
         out, cache = v3_forward(q, k, v, scale)
@@ -770,7 +752,7 @@ def v5_forward(q, k, v, scale):
     scratch = np.empty((numba.config.NUMBA_NUM_THREADS, 4, N, hd), dtype)
     scale = dtype.type(scale)
     with threads.single_threaded_blas(which="scipy"):
-        _v5_forward(qkv, scale, p, out, scratch)
+        _v5_forward(qkv, scale, p, out.reshape(B, N, 1, Hh, hd), scratch)
     return out.transpose(0, 2, 1, 3), ("v5", (qkv, p, scale))
 
 
@@ -784,6 +766,7 @@ def v5_backward(dout, cache):
     qkv, p, scale = cache
     B, N, _, Hh, hd = qkv.shape
     dout = np.ascontiguousarray(dout.transpose(0, 2, 1, 3), dtype=qkv.dtype)  # (B, N, Hh, hd): a view if it was one
+    dout = dout.reshape(B, N, 1, Hh, hd)  # the projection's layout with one slot: _rows_from reads both
     dqkv = np.empty_like(qkv)
     T = numba.config.NUMBA_NUM_THREADS
     scratch, ds_scratch = np.empty((T, 5, N, hd), qkv.dtype), np.empty((T, N, N), qkv.dtype)
