@@ -72,7 +72,7 @@ def build_model(cfg, num_classes, in_chans):
                               depth=c.depth, num_heads=c.num_heads, mlp_ratio=c.mlp_ratio, qkv_bias=c.qkv_bias,
                               class_token=c.class_token, fc_norm=c.fc_norm, pos_drop_rate=c.drop_rate,
                               proj_drop_rate=c.drop_rate, attn_drop_rate=c.attn_drop_rate,
-                              drop_path_rate=c.drop_path_rate)
+                              drop_path_rate=c.drop_path_rate, patch_drop_rate=c.patch_drop_rate)
     state = {k: torch.from_numpy(v.copy()) for k, v in mv.state_dict().items()}
     if c.pos_embed == "sincos":  # a fixed table: timm holds it in pos_embed, frozen
         state["pos_embed"] = torch.from_numpy(mv.position_embedding()[None].copy())

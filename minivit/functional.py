@@ -3,8 +3,8 @@
 Each fused op (linear, patch embedding, layernorm, gelu, softmax, attention, softmax-cross-entropy)
 is a `KernelOp` (autograd.py): its forward and backward are array kernels fetched from the
 `kernels` registry at call time, so `with kernels.use(attention="cpu_v3"):` changes what runs
-without touching model code. Dropout and drop-path draw their masks from `minivit.rng` and are written
-out here.
+without touching model code. Dropout, drop-path and patch dropout draw their masks from `minivit.rng`
+and are written out here.
 
 Shape letters: B batch, N tokens, D width, Hh heads, hd = D / Hh, K classes.
 """
@@ -165,6 +165,49 @@ def drop_path(x, p=0.0, training=True) -> Tensor:
         return x
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
     return _Mask.apply(x, _keep_mask(shape, p, x.dtype, x.data if isinstance(x, Tensor) else x))
+
+
+def patch_dropout(x, p=0.0, num_prefix_tokens=0, training=True) -> Tensor:
+    """PatchDropout (Liu et al. 2022, "PatchDropout: Economizing Vision Transformers Using Patch
+    Dropout"): in training, each image keeps a random subset of its patch tokens and the rest are
+    removed, so every block after it runs on fewer tokens (cheaper steps) and sees a partial image
+    (a regulariser). x (B, N, D), position embeddings already added, so a kept token still knows
+    where it came from -> (B, P + K, D): the P prefix tokens (class token) and K = max(1, int(L (1 - p)))
+    of the L = N - P patch tokens, each image its own draw from minivit.rng, in their original
+    order. timm's `PatchDropout` (VisionTransformer(patch_drop_rate=p)) keeps the same count; it
+    draws with torch's generator and leaves the kept tokens unordered, which a Transformer without
+    position-dependent parts after this point cannot tell apart. Evaluation (training=False) keeps
+    every token."""
+    if not check_probability(p, "patch dropout") or not training:
+        return x
+    B, N = x.shape[0], x.shape[1]
+    L = N - num_prefix_tokens
+    if L < 1:
+        raise ValueError(f"patch dropout needs patch tokens: x has {N} tokens, {num_prefix_tokens} of them prefix")
+    count = max(1, int(L * (1.0 - p)))
+    order = np.argsort(rng.generator().random((B, L)), axis=1)[:, :count]  # (B, K): a random subset
+    keep = np.concatenate([np.broadcast_to(np.arange(num_prefix_tokens), (B, num_prefix_tokens)),
+                           num_prefix_tokens + np.sort(order, axis=1)], axis=1)  # (B, P + K)
+    data = x.data if isinstance(x, Tensor) else x
+    return _TakeTokens.apply(x, keep=array_module(data).asarray(keep))
+
+
+class _TakeTokens(Function):
+    """x (B, N, D) -> x[b, keep[b, j]] (B, K, D). The indices of a row are distinct, so the backward
+    scatters the gradient into zeros by assignment (no accumulation needed)."""
+
+    @staticmethod
+    def forward(ctx, x, keep):
+        xp = array_module(x)
+        ctx.shape, ctx.keep = x.shape, keep
+        ctx.rows = xp.arange(x.shape[0])[:, None]  # (B, 1)
+        return x[ctx.rows, keep]
+
+    @staticmethod
+    def backward(ctx, grad):
+        out = array_module(grad).zeros(ctx.shape, dtype=grad.dtype)
+        out[ctx.rows, ctx.keep] = grad
+        return out
 
 
 def _keep_mask(shape, p, dtype, like):

@@ -84,7 +84,7 @@ UNSUPPORTED = {  # key prefix -> what it is
     "conv_root/": "a ResNet stem (a hybrid R50+ViT), which minivit does not have",
 }
 # ViTConfig fields a load may change freely; every other override must agree with the checkpoint
-FREE_OVERRIDES = ("img_size", "num_classes", "drop_rate", "attn_drop_rate", "drop_path_rate")
+FREE_OVERRIDES = ("img_size", "num_classes", "drop_rate", "attn_drop_rate", "drop_path_rate", "patch_drop_rate")
 
 
 class InteropError(ValueError):

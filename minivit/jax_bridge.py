@@ -74,9 +74,10 @@ def make_apply(config):
     cfg = dataclasses.replace(config)  # a copy: later changes to the caller's config change nothing here
 
     def apply_fn(params, x, train=False, rng=None):
-        random = cfg.drop_rate or cfg.attn_drop_rate or cfg.drop_path_rate
+        random = cfg.drop_rate or cfg.attn_drop_rate or cfg.drop_path_rate or cfg.patch_drop_rate
         if train and random and rng is None:
-            raise ValueError("training with dropout or drop-path needs a key: apply_fn(..., train=True, rng=key)")
+            raise ValueError("training with dropout, drop-path or patch dropout needs a key: "
+                             "apply_fn(..., train=True, rng=key)")
         return forward(params, x, cfg, rng if train else None)
 
     return apply_fn
@@ -109,6 +110,20 @@ def drop_path(x, rate, rng):
         return x
     keep = jax.random.bernoulli(rng, 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
     return jnp.where(keep, x * (1.0 / (1.0 - rate)), 0.0)
+
+
+def patch_dropout(x, rate, num_prefix_tokens, rng):
+    """functional.patch_dropout: each image keeps max(1, int(L (1 - rate))) of its L patch tokens,
+    a random subset in their original order, and every prefix token; the identity without a key."""
+    if rng is None or not rate:
+        return x
+    B, N, _ = x.shape
+    L = N - num_prefix_tokens
+    count = max(1, int(L * (1.0 - rate)))
+    order = jnp.sort(jnp.argsort(jax.random.uniform(rng, (B, L)), axis=1)[:, :count], axis=1)  # (B, K)
+    prefix = jnp.broadcast_to(jnp.arange(num_prefix_tokens), (B, num_prefix_tokens))
+    keep = jnp.concatenate([prefix, num_prefix_tokens + order], axis=1)  # (B, P + K)
+    return jnp.take_along_axis(x, keep[:, :, None], axis=1)
 
 
 def linear(p, x):
@@ -195,6 +210,8 @@ def forward_features(params, x, cfg, rng=None):
         x = jnp.concatenate([cls, x], axis=1)  # (B, N, D)
     pe = position_embedding(params, cfg)
     x = dropout(pe.add(x, layer=0), cfg.drop_rate, r[0])  # z_0 (Eq. 1)
+    if cfg.patch_drop_rate and rng is not None:  # its own key, so the other draws stay as without it
+        x = patch_dropout(x, cfg.patch_drop_rate, 1 if cfg.class_token else 0, jax.random.fold_in(rng, 1 << 20))
     rates = np.linspace(0, cfg.drop_path_rate, cfg.depth)  # stochastic depth grows with depth
     for i in range(cfg.depth):
         if i > 0:

@@ -116,6 +116,9 @@ class MPPConfig(ViTConfig):
             raise ValueError(f"an MPPConfig has arch='mpp', got {self.arch!r}")
         if not isinstance(self.mpp_bits, int) or not 1 <= self.mpp_bits <= 8:
             raise ValueError(f"mpp_bits must be an integer in 1..8, got {self.mpp_bits!r}")
+        if self.patch_drop_rate:
+            raise ValueError("masked patch prediction predicts a colour for every patch token; patch_drop_rate "
+                             f"would remove some of them (got {self.patch_drop_rate}; use 0)")
         classes = 2 ** (self.mpp_bits * self.in_chans)
         if self.num_classes is None:
             self.num_classes = classes

@@ -60,6 +60,7 @@ class ViTConfig:
     drop_rate: float = 0.0  # dropout after the position embedding and after every dense layer but qkv
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
+    patch_drop_rate: float = 0.0  # training drops this fraction of each image's patch tokens (functional.patch_dropout)
     pos_embed: str = "learn"  # one of posemb.KINDS (an old name in posemb.ALIASES becomes its new one)
     pos_embed_at: str = "input"  # one of posemb.WHERE (learned embeddings only)
     representation_size: int | None = None  # pre-logits Linear + tanh, as in pre-training
@@ -78,7 +79,7 @@ class ViTConfig:
             _check_number("representation_size", self.representation_size, integer=True, low=1)
         _check_number("mlp_ratio", self.mlp_ratio, low=0, low_open=True)
         _check_number("norm_eps", self.norm_eps, low=0, low_open=True)
-        for name in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
+        for name in ("drop_rate", "attn_drop_rate", "drop_path_rate", "patch_drop_rate"):
             F.check_probability(getattr(self, name), name)
         for name in ("class_token", "qkv_bias") + (("fc_norm",) if self.fc_norm is not None else ()):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
@@ -93,6 +94,10 @@ class ViTConfig:
             raise ValueError("global_pool='token' needs class_token=True")
         self.pos_embed = posemb.resolve(self.pos_embed)  # pos_embed="relative" (old) -> "relative_bias_2d"
         posemb.check(self.pos_embed, self.pos_embed_at, self.embed_dim)
+        if self.patch_drop_rate and (self.pos_embed in posemb.RELATIVE_KINDS or self.pos_embed_at != "input"):
+            raise ValueError("patch_drop_rate removes tokens after the position embedding is added at the input; "
+                             "it cannot be combined with a relative position embedding or one added in every "
+                             f"block (got pos_embed={self.pos_embed!r}, pos_embed_at={self.pos_embed_at!r})")
 
     @property
     def grid_size(self):
@@ -307,6 +312,8 @@ class ViT(nn.Module):
             x = concatenate([cls, x], axis=1)  # (B, N, D)
         x = self.pos_drop(self.posemb.add(x, layer=0))  # z_0 = [x_class; x_p E] + E_pos (Eq. 1)
         _keep(out, "with_posemb", x)
+        # Training only: each image keeps a random subset of its patch tokens (timm's patch_drop).
+        x = F.patch_dropout(x, self.config.patch_drop_rate, self.num_prefix_tokens, self.training)
         for i, block in enumerate(self.blocks):
             if i > 0:
                 x = self.posemb.add(x, layer=i)  # only App. D.4's "every block" variants add E_pos again

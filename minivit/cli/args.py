@@ -68,7 +68,7 @@ _MODEL_FLAGS = {
     "img_size": positive_int, "patch_size": positive_int, "embed_dim": positive_int, "depth": positive_int,
     "num_heads": positive_int, "mlp_ratio": positive_float, "global_pool": str, "pos_embed": str,
     "pos_embed_at": str, "drop_rate": fraction, "attn_drop_rate": fraction, "drop_path_rate": fraction,
-    "representation_size": positive_int,
+    "patch_drop_rate": fraction, "representation_size": positive_int,
 }
 _TRAIN_FLAGS = {  # TrainConfig checks these too; here they fail with argparse's usage message
     "epochs": positive_int, "batch_size": positive_int, "lr": positive_float, "min_lr": nonnegative_float,
