@@ -348,6 +348,19 @@ def test_a_low_res_run_resumed_across_the_switch_ends_bitwise_identical(tmp_path
     assert_same(ema_arrays(second), ema_arrays(whole))
 
 
+def test_patch_dropout_in_a_low_res_run_changes_training_and_resumes_bitwise_identical(tmp_path):
+    options = dict(LOW, model_kwargs=dict(TINY, patch_drop_rate=0.5))  # 2 of 4 patches at 16 px, 8 of 16 at 32
+    whole = Recording(tiny_config(tmp_path / "whole", **options))
+    whole.fit()
+    first, second = run_then_resume(tmp_path / "resumed", 6, **options)  # its draws: minivit.rng, checkpointed
+    assert first.losses + second.losses == whole.losses
+    assert_same(weights(second.model), weights(whole.model))
+    plain = Recording(tiny_config(tmp_path / "plain", **LOW))
+    plain.fit()
+    assert plain.losses[0] == pytest.approx(whole.losses[0])  # zero head: log(10) on any tokens
+    assert all(a != b for a, b in zip(plain.losses[1:], whole.losses[1:]))
+
+
 def test_evaluation_during_the_low_res_phase_runs_at_full_size_and_puts_the_model_back(tmp_path, monkeypatch):
     trainer = Trainer(tiny_config(tmp_path, low_res_size=16, low_res_fraction=0.75, eval_test="epoch", epochs=2))
     trainer.fit()
