@@ -8,12 +8,5 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 DAY=${1:-$(date -u +%F)}
 TORCH_PY=${2:-/work/benchvenv/bin/python}
-DATA=../shared/data/cifar10-jpeg
-T=experiments/cifar10_hour/torch_$DAY
-mkdir -p $T runs
 bash experiments/cifar10_hour/variant.sh hour_$DAY  # the recipe unchanged: its files in hour_$DAY/
-echo "torch start $(date -u +%FT%TZ)" | tee $T/wall.txt
-PYTHONPATH=. $TORCH_PY benchmarks/torch_cifar.py --recipe cifar10-hour --data-dir $DATA \
-    --out runs/torch-hour-$DAY 2>&1 | tee $T/train.log
-echo "torch end $(date -u +%FT%TZ)" | tee -a $T/wall.txt
-cp runs/torch-hour-$DAY/metrics.json $T/
+TORCH_PY=$TORCH_PY bash experiments/cifar10_hour/torch_variant.sh torch_$DAY  # then PyTorch: torch_$DAY/

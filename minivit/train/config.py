@@ -16,6 +16,9 @@ and the stronger augmentation of the 85%-in-an-hour work (data/augment.py):
     trivial_augment              one random photometric or geometric operation per image
     random_erase, random_erase_mode   a random rectangle of the image erased, with this probability
     mixup_alpha, cutmix_alpha    each batch mixed with its mirror image (mixup, or CutMix), the loss likewise
+and one option of the model (model_kwargs, `--patch-drop-rate`):
+    patch_drop_rate              each training image keeps a random subset of its patch tokens
+                                 (functional.patch_dropout): cheaper steps, and a regulariser
 """
 from __future__ import annotations
 
