@@ -7,34 +7,58 @@ benchmarks/profile_step.py, which time the same products inside a step.
 
     python benchmarks/linear_shapes.py
 """
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # timm_step, beside this file
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # kernels, from a checkout
+
 from kernels.cpu.dense import _blas  # noqa: E402  (after numpy and torch, as a user's script)
-torch.set_num_threads(2)
-def med(f, n=15):
-    f(); f()
-    ts=[]
-    for _ in range(n):
-        t=time.perf_counter(); f(); ts.append(time.perf_counter()-t)
-    return np.median(ts)
-rng=np.random.default_rng(0)
-def run(M, Din, Dout, tag):
-    x=rng.standard_normal((M,Din),dtype=np.float32); w=rng.standard_normal((Dout,Din),dtype=np.float32)
-    g=rng.standard_normal((M,Dout),dtype=np.float32)
-    tx,tw,tg=map(torch.from_numpy,(x,w,g))
-    fl=2*M*Din*Dout/1e9
-    res=[]
-    for name,f in [("fwd", lambda: _blas(x, w.T)), ("dx", lambda: _blas(g, w)), ("dw", lambda: _blas(g.T, x)),
-                   ("t fwd", lambda: tx@tw.T), ("t dx", lambda: tg@tw), ("t dw", lambda: tg.T@tx)]:
-        res.append(f"{name} {fl/med(f):6.1f}")
-    print(f"{tag:18s} M={M} {Din}->{Dout}: " + " | ".join(res), flush=True)
-a=np.ones((2048,2048),np.float32); ta=torch.from_numpy(a)
-print("peak np", 2*2048**3/1e9/med(lambda: a@a,5), "torch", 2*2048**3/1e9/med(lambda: ta@ta,5))
-for B in (128,):
-  for N,res in ((64,32),(16,16)):
-    M=B*N
-    for D,H in ((128,256),(192,768)):
-        run(M,D,3*D,f"qkv D{D} {res}px"); run(M,D,D,f"proj D{D} {res}px"); run(M,D,H,f"fc1 D{D} {res}px"); run(M,H,D,f"fc2 D{D} {res}px")
+from timm_step import matmul_peaks  # noqa: E402
+
+WIDTHS = {"vit_mini": (128, 256), "vit_cifar": (192, 768)}  # width D, MLP hidden width
+TOKENS = {32: 64, 16: 16}  # image size -> patch tokens at patch 4 (no class token, as the recipe)
+
+
+def median_seconds(fn, repeats=15):
+    fn()
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def products(M, Din, Dout, data):
+    """GFLOP/s of a linear layer's three products, minivit's then PyTorch's, on the same arrays."""
+    x = data.standard_normal((M, Din), dtype=np.float32)
+    w = data.standard_normal((Dout, Din), dtype=np.float32)
+    g = data.standard_normal((M, Dout), dtype=np.float32)
+    tx, tw, tg = map(torch.from_numpy, (x, w, g))
+    gflop = 2 * M * Din * Dout / 1e9
+    calls = {"fwd": lambda: _blas(x, w.T), "dx": lambda: _blas(g, w), "dw": lambda: _blas(g.T, x),
+             "t fwd": lambda: tx @ tw.T, "t dx": lambda: tg @ tw, "t dw": lambda: tg.T @ tx}
+    return {name: gflop / median_seconds(fn) for name, fn in calls.items()}
+
+
+def main(batch=128):
+    peaks = matmul_peaks()
+    print("peak np", peaks["numpy"], "torch", peaks["torch"])
+    data = np.random.default_rng(0)
+    for size, tokens in TOKENS.items():
+        M = batch * tokens
+        for D, H in WIDTHS.values():
+            for layer, Din, Dout in (("qkv", D, 3 * D), ("proj", D, D), ("fc1", D, H), ("fc2", H, D)):
+                rates = products(M, Din, Dout, data)
+                print(f"{f'{layer} D{D} {size}px':18s} M={M} {Din}->{Dout}: "
+                      + " | ".join(f"{name} {v:6.1f}" for name, v in rates.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -51,7 +51,8 @@ def main(argv=None):
                 opt.step()
                 opt.zero_grad()
 
-            step(), step()  # warm-up: compilation, memory
+            step()  # warm-up: compilation, memory
+            step()
             steps[rate] = step
         for _ in range(args.rounds):  # the rates take turns
             for rate in rates:

@@ -94,7 +94,7 @@ class ViTConfig:
             raise ValueError("global_pool='token' needs class_token=True")
         self.pos_embed = posemb.resolve(self.pos_embed)  # pos_embed="relative" (old) -> "relative_bias_2d"
         posemb.check(self.pos_embed, self.pos_embed_at, self.embed_dim)
-        if self.patch_drop_rate and (self.pos_embed in posemb.RELATIVE_KINDS or self.pos_embed_at != "input"):
+        if self.patch_drop_rate and (posemb.kind_of(self.pos_embed).relative or self.pos_embed_at != "input"):
             raise ValueError("patch_drop_rate removes tokens after the position embedding is added at the input; "
                              "it cannot be combined with a relative position embedding or one added in every "
                              f"block (got pos_embed={self.pos_embed!r}, pos_embed_at={self.pos_embed_at!r})")
