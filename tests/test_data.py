@@ -22,7 +22,7 @@ from PIL import Image
 
 from minivit.data import (DATASET_STATS, DataLoader, DataNotFoundError, Dataset, load_dataset,
                           split_train_val)
-from minivit.data import cifar, folder, idx
+from minivit.data import cifar, decode, folder, idx
 from minivit.data.transforms import normalize, random_crop_flip
 from py2_pickle import dump as py2_dump
 
@@ -179,7 +179,7 @@ def test_second_folder_load_reads_the_cache_without_decoding(tmp_path, monkeypat
 
     def no_decode(path):
         raise AssertionError(f"decoded {path} although the cache should have been used")
-    monkeypatch.setattr(folder, "decode_image", no_decode)
+    monkeypatch.setattr(decode, "decode_image", no_decode)
     second = load_dataset("folder", tmp_path / "t", "train")
     np.testing.assert_array_equal(second.images, first.images)
     np.testing.assert_array_equal(second.labels, first.labels)
@@ -197,16 +197,63 @@ def test_cache_misses_when_a_file_changes_and_honours_cache_dir(tmp_path):
     assert not (tmp_path / "cache").exists()  # cache_dir= wins over $MINIVIT_CACHE
 
 
-def test_process_pool_decode_equals_in_process_decode(tmp_path, monkeypatch):
+def test_worker_decode_equals_serial_decode_without_fork_or_multiprocessing(tmp_path, monkeypatch):
+    import multiprocessing.process
+    import os
+
     write_png_tree(tmp_path / "t", "train", {"a": 3, "b": 2})
     serial = load_dataset("folder", tmp_path / "t", "train", cache_dir=tmp_path / "c1")
     monkeypatch.setattr(folder, "PARALLEL_MIN_FILES", 1)
     monkeypatch.setattr(folder, "CHUNK", 2)
+
+    def no_copy_of_this_program(*args):  # a fork inside a user's threaded program can deadlock
+        raise AssertionError("decode_all forked the program or started a multiprocessing process")
+    monkeypatch.setattr(os, "fork", no_copy_of_this_program)
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", no_copy_of_this_program)
     files = sorted(str(p) for p in (tmp_path / "t" / "train").glob("*/*.png"))
     np.testing.assert_array_equal(folder.decode_all(files, workers=2), serial.images)
     (tmp_path / "t" / "train" / "b" / "000.png").write_bytes(b"not a png")
-    with pytest.raises(ValueError, match=r"b/000\.png"):  # raised in a worker, named here
+    (tmp_path / "t" / "train" / "b" / "001.png").write_bytes(b"nor this")  # in the other worker, later
+    with pytest.raises(ValueError, match=r"b/000\.png"):  # raised in a worker, named here: the first
         folder.decode_all(files, workers=2)
+
+
+def test_workers_do_not_rerun_an_unguarded_script(tmp_path):
+    import subprocess
+
+    write_png_tree(tmp_path / "t", "train", {"a": 3, "b": 2})
+    script = tmp_path / "user_script.py"  # no `if __name__ == "__main__":`, as users write them
+    script.write_text(
+        "import numpy as np\n"
+        "from minivit.data import folder\n"
+        "print('top of the script', flush=True)\n"
+        "folder.PARALLEL_MIN_FILES, folder.CHUNK = 1, 2\n"
+        f"files = sorted(str(p) for p in __import__('pathlib').Path({str(tmp_path / 't' / 'train')!r}).glob('*/*.png'))\n"
+        "images = folder.decode_all(files, workers=2)\n"
+        "print('decoded', images.shape, int(images.sum()), flush=True)\n")
+    out = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", str(script)], capture_output=True,
+                         text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    expected = np.stack([np.asarray(Image.open(p)) for p in
+                         sorted((tmp_path / "t" / "train").glob("*/*.png"))])
+    assert out.stdout.splitlines() == ["top of the script",
+                                       f"decoded {expected.shape} {int(expected.sum())}"]
+
+
+def test_a_worker_that_fails_leaves_the_decode_to_this_process(tmp_path, monkeypatch):
+    write_png_tree(tmp_path / "t", "train", {"a": 3, "b": 2})
+    files = sorted(str(p) for p in (tmp_path / "t" / "train").glob("*/*.png"))
+    serial = folder.decode_all(files, workers=1)
+    monkeypatch.setattr(folder, "PARALLEL_MIN_FILES", 1)
+    monkeypatch.setattr(folder, "CHUNK", 2)
+    broken = tmp_path / "broken_worker.py"  # half a header, then a crash
+    broken.write_text("import sys\nsys.stdout.write('2 4')\nsys.exit(3)\n")
+    monkeypatch.setattr(decode, "__file__", str(broken))
+    with pytest.warns(RuntimeWarning, match="decoding in this process instead: decode worker stopped"):
+        np.testing.assert_array_equal(folder.decode_all(files, workers=2), serial)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    with pytest.warns(RuntimeWarning, match="cannot start a decode worker"):
+        np.testing.assert_array_equal(folder.decode_all(files, workers=2), serial)
 
 
 def test_cifar10_loads_from_an_image_folder_tree_with_cifar_stats(tmp_path):

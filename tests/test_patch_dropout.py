@@ -142,9 +142,11 @@ def test_axial_vit_and_masked_patch_prediction_refuse_it():
 def test_the_cli_flag_reaches_the_model_and_is_checked(capsys):
     from minivit.cli import build_parser, train_config_from_args
 
-    args = build_parser().parse_args(["train", "--recipe", "cifar10-hour", "--patch-drop-rate", "0.5", "--out", "x"])
+    args = build_parser().parse_args(["train", "--recipe", "cifar10-hour", "--patch-drop-rate", "0.25", "--out", "x"])
     cfg = train_config_from_args(args)
-    assert cfg.model_kwargs["patch_drop_rate"] == 0.5 and cfg.model_kwargs["pos_embed"] == "sincos"
+    assert cfg.model_kwargs["patch_drop_rate"] == 0.25 and cfg.model_kwargs["pos_embed"] == "sincos"
+    args = build_parser().parse_args(["train", "--recipe", "cifar10-hour", "--patch-drop-rate", "0", "--out", "x"])
+    assert train_config_from_args(args).model_kwargs["patch_drop_rate"] == 0  # the recipe's 0.5 switched off
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--patch-drop-rate", "1.5"])
     assert "patch-drop-rate" in capsys.readouterr().err

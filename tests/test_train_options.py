@@ -498,3 +498,4 @@ def test_the_hour_recipe_is_the_ablations_best_a_plain_vit_with_sincos_and_avera
     model = check_model_options(cfg.model, cfg.model_kwargs)
     assert (model.pos_embed, model.global_pool, model.class_token) == ("sincos", "avg", False)
     assert model.patch_size == 4  # a linear patch projection: no convolutional stem
+    assert model.patch_drop_rate == 0.5

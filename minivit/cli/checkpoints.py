@@ -86,7 +86,7 @@ def load_image(path, img_size, in_chans):
     """An image file as uint8 (H, W, C), converted and resized to the model's input."""
     from PIL import Image
 
-    from ..data.folder import WIDE_MODES
+    from ..data.decode import WIDE_MODES
 
     try:
         with Image.open(path) as im:

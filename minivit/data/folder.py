@@ -7,15 +7,14 @@ class in both), none of them empty, and images of one size; a mismatch is an err
 
 Decoding 60,000 JPEGs takes a while, so the decoded arrays are cached as an `.npz` keyed by a hash
 of the file list with sizes and mtimes (see cache.py); the second load reads that file only.
-Large trees are decoded by a process pool in chunks (one result array per chunk keeps the
-inter-process traffic low), with a tqdm bar.
+Large trees are decoded in chunks by fresh worker processes (decode.py says why not threads and
+not a fork of the user's program), with a tqdm bar.
 """
 from __future__ import annotations
 
 import os
 import re
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,41 +22,15 @@ from PIL import Image
 from tqdm import tqdm
 
 from .cache import DataNotFoundError, cache_home, folder_key, load_arrays, save_arrays
+from .decode import WorkerFailed, decode_chunk, decode_in_workers
 from .loader import Dataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
-PARALLEL_MIN_FILES = 2000  # below this a pool costs more to start than it saves
+PARALLEL_MIN_FILES = 2000  # below this, starting workers costs more than it saves
 CHUNK = 500
 
 
 SPLITS = ("train", "test")  # the splits minivit reads; each is checked against the others present
-WIDE_MODES = ("I", "F")  # 32-bit int / float pixels (and I;16): no 8-bit RGB without knowing their range
-
-
-def decode_image(path) -> np.ndarray:
-    """One image file -> uint8 (H, W, 3) RGB; ValueError naming the file if it cannot be read."""
-    try:
-        with Image.open(path) as im:
-            if im.mode.split(";")[0] in WIDE_MODES:
-                raise ValueError(f"its pixels are mode {im.mode} (16/32-bit or float); minivit reads 8-bit "
-                                 "images (L, RGB, RGBA, P, ...): convert it to 8 bits first")
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # PIL's ways to say "bad data"
-        raise ValueError(f"cannot decode image {path}: {e}") from e
-
-
-def _decode_chunk(paths: list[str]) -> np.ndarray:
-    """Decode and stack equal-sized images -> uint8 (n, H, W, 3), else ValueError naming a file."""
-    first = decode_image(paths[0])
-    out = np.empty((len(paths),) + first.shape, np.uint8)  # (n, H, W, 3)
-    out[0] = first
-    for i, p in enumerate(paths[1:], 1):
-        img = decode_image(p)
-        if img.shape != first.shape:
-            raise ValueError(f"image {p} has size {img.shape[1]}x{img.shape[0]}, but {paths[0]} has "
-                             f"{first.shape[1]}x{first.shape[0]}; all images must be the same size")
-        out[i] = img
-    return out
 
 
 def list_images(root, split: str):
@@ -132,25 +105,21 @@ def check_splits_agree(root, split: str, classes: list[str], image_shape: tuple)
 
 
 def decode_all(paths: list[str], workers: int | None = None, desc: str = "decode") -> np.ndarray:
-    """Decode files -> uint8 (N, H, W, 3), in a process pool when there are many, with a bar."""
+    """Decode files -> uint8 (N, H, W, 3), in worker processes when there are many, with a bar."""
     chunks = [paths[i:i + CHUNK] for i in range(0, len(paths), CHUNK)]
-    workers = workers or min(os.cpu_count() or 1, 8)
+    workers = min(workers or min(os.cpu_count() or 1, 8), len(chunks))
     bar = tqdm(total=len(paths), desc=desc, unit="img", leave=False, disable=len(paths) < CHUNK)
     parts = None
     if workers > 1 and len(paths) >= PARALLEL_MIN_FILES:
         try:
-            parts = []
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                for part in pool.map(_decode_chunk, chunks):
-                    parts.append(part)
-                    bar.update(len(part))
-        except (OSError, BrokenProcessPool):  # no working process pool here: decode in-process
-            parts = None
+            parts = decode_in_workers(chunks, workers, on_chunk=bar.update)
+        except WorkerFailed as e:  # the same result, one process, slower
+            warnings.warn(f"decoding in this process instead: {e}", RuntimeWarning, stacklevel=2)
             bar.reset()
     if parts is None:
         parts = []
         for chunk in chunks:
-            parts.append(_decode_chunk(chunk))
+            parts.append(decode_chunk(chunk))
             bar.update(len(chunk))
     bar.close()
     for part, chunk in zip(parts[1:], chunks[1:]):  # chunks were checked inside, now across them
