@@ -77,6 +77,8 @@ def decode_in_workers(chunks: list[list[str]], workers: int, on_chunk=lambda n: 
             bad[mine[e.index]] = e.message
         except WorkerFailed as e:
             failed.append(e)
+        except Exception as e:  # noqa: BLE001  (anything else: the caller decodes in its own process)
+            failed.append(WorkerFailed(f"decode worker: {e!r}"))
 
     threads = [threading.Thread(target=serve, args=(w,), name=f"minivit-decode-{w}") for w in range(workers)]
     for t in threads:
@@ -91,6 +93,8 @@ def decode_in_workers(chunks: list[list[str]], workers: int, on_chunk=lambda n: 
 
 
 class BadImage(Exception):
+    """A worker's report of a file it cannot decode: the message names it; index is the chunk's."""
+
     def __init__(self, message: str, index: int):
         super().__init__(message)
         self.message, self.index = message, index
@@ -115,7 +119,7 @@ def run_worker(chunks: list[list[str]]):
             with proc.stdin:
                 proc.stdin.write(json.dumps(chunks).encode())
             for k in range(len(chunks)):
-                header = proc.stdout.readline().decode()
+                header = proc.stdout.readline().decode(errors="replace")
                 if header.startswith("error "):
                     raise BadImage(header[len("error "):].rstrip("\n"), k)
                 try:
