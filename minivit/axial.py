@@ -47,7 +47,8 @@ class AxialConfig(ViTConfig):
                              "it pools the patch tokens (global_pool='avg')")
         if self.patch_drop_rate:
             raise ValueError("Axial-ViT attends along the rows and columns of the full patch grid; patch_drop_rate "
-                             f"would leave holes in it (got {self.patch_drop_rate}; use 0)")
+                             f"would leave holes in it (got {self.patch_drop_rate}; use 0: --patch-drop-rate 0 after a "
+                             "recipe that sets it)")
         super().__post_init__()  # resolves an old pos_embed name ("relative") to its new one
         if posemb.kind_of(self.pos_embed).relative:
             usable = [name for name, kind in posemb.KINDS.items() if not kind.relative]

@@ -118,7 +118,8 @@ class MPPConfig(ViTConfig):
             raise ValueError(f"mpp_bits must be an integer in 1..8, got {self.mpp_bits!r}")
         if self.patch_drop_rate:
             raise ValueError("masked patch prediction predicts a colour for every patch token; patch_drop_rate "
-                             f"would remove some of them (got {self.patch_drop_rate}; use 0)")
+                             f"would remove some of them (got {self.patch_drop_rate}; use 0: --patch-drop-rate 0 "
+                             "after a recipe that sets it)")
         classes = 2 ** (self.mpp_bits * self.in_chans)
         if self.num_classes is None:
             self.num_classes = classes

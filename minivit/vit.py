@@ -97,7 +97,9 @@ class ViTConfig:
         if self.patch_drop_rate and (posemb.kind_of(self.pos_embed).relative or self.pos_embed_at != "input"):
             raise ValueError("patch_drop_rate removes tokens after the position embedding is added at the input; "
                              "it cannot be combined with a relative position embedding or one added in every "
-                             f"block (got pos_embed={self.pos_embed!r}, pos_embed_at={self.pos_embed_at!r})")
+                             f"block (got pos_embed={self.pos_embed!r}, pos_embed_at={self.pos_embed_at!r} with "
+                             f"patch_drop_rate={self.patch_drop_rate}; patch_drop_rate=0, or --patch-drop-rate 0 "
+                             "after a recipe that sets it, turns it off)")
 
     @property
     def grid_size(self):

@@ -228,7 +228,8 @@ def test_workers_do_not_rerun_an_unguarded_script(tmp_path):
         "from minivit.data import folder\n"
         "print('top of the script', flush=True)\n"
         "folder.PARALLEL_MIN_FILES, folder.CHUNK = 1, 2\n"
-        f"files = sorted(str(p) for p in __import__('pathlib').Path({str(tmp_path / 't' / 'train')!r}).glob('*/*.png'))\n"
+        f"root = __import__('pathlib').Path({str(tmp_path / 't' / 'train')!r})\n"
+        "files = sorted(str(p) for p in root.glob('*/*.png'))\n"
         "images = folder.decode_all(files, workers=2)\n"
         "print('decoded', images.shape, int(images.sum()), flush=True)\n")
     out = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", str(script)], capture_output=True,
