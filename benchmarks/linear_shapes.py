@@ -8,7 +8,6 @@ benchmarks/profile_step.py, which time the same products inside a step.
     python benchmarks/linear_shapes.py
 """
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,21 +17,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # timm_step, beside th
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # kernels, from a checkout
 
 from kernels.cpu.dense import _blas  # noqa: E402  (after numpy and torch, as a user's script)
-from timm_step import matmul_peaks  # noqa: E402
+from timm_step import matmul_peaks, median_seconds  # noqa: E402
 
 WIDTHS = {"vit_mini": (128, 256), "vit_cifar": (192, 768)}  # width D, MLP hidden width
 TOKENS = {32: 64, 16: 16}  # image size -> patch tokens at patch 4 (no class token, as the recipe)
-
-
-def median_seconds(fn, repeats=15):
-    fn()
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def products(M, Din, Dout, data):
@@ -44,7 +32,7 @@ def products(M, Din, Dout, data):
     gflop = 2 * M * Din * Dout / 1e9
     calls = {"fwd": lambda: _blas(x, w.T), "dx": lambda: _blas(g, w), "dw": lambda: _blas(g.T, x),
              "t fwd": lambda: tx @ tw.T, "t dx": lambda: tg @ tw, "t dw": lambda: tg.T @ tx}
-    return {name: gflop / median_seconds(fn) for name, fn in calls.items()}
+    return {name: gflop / median_seconds(fn, repeats=15, warmup=2) for name, fn in calls.items()}
 
 
 def main(batch=128):

@@ -29,6 +29,20 @@ ENV_FOR = {"numpy, torch first; OMP_WAIT_POLICY=PASSIVE OPENBLAS_THREAD_TIMEOUT=
            {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "4"}}
 
 
+def median_seconds(fn, repeats, warmup=1):
+    """The median time of `repeats` calls of fn(), after `warmup` untimed ones."""
+    import numpy as np
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
 def matmul_peaks(n=2048, repeats=5):
     """GFLOP/s of a float32 n^3 product: NumPy's np.matmul (OpenBLAS, all its threads) and torch."""
     import numpy as np
@@ -36,16 +50,8 @@ def matmul_peaks(n=2048, repeats=5):
 
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
     ta = torch.from_numpy(a)
-    peaks = {}
-    for name, fn in (("numpy", lambda: a @ a), ("torch", lambda: ta @ ta)):
-        fn()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        peaks[name] = 2 * n**3 / float(np.median(times)) / 1e9
-    return peaks
+    return {name: 2 * n**3 / median_seconds(fn, repeats) / 1e9
+            for name, fn in (("numpy", lambda: a @ a), ("torch", lambda: ta @ ta))}
 
 
 def model_flops(cfg, batch):
