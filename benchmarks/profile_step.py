@@ -6,6 +6,8 @@ walk, Python). Imports NumPy and PyTorch first, as a user's script does.
     python benchmarks/profile_step.py --model vit_cifar_patch4_32 --batch-size 128 --steps 5
     python benchmarks/profile_step.py --markdown                       # the README's table
     python benchmarks/profile_step.py --inference                      # a forward pass without gradients
+    python benchmarks/profile_step.py --model-kwargs '{"img_size": 16, "patch_drop_rate": 0.5,
+        "pos_embed": "sincos", "global_pool": "avg", "class_token": false}'   # the one-hour recipe's model
 
 How: every implementation the registry hands out (`kernels.get`, which minivit's autograd and
 optimizer call for each fused op) is wrapped with a timer for the profiled steps; a step is
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import time
 from collections import defaultdict
@@ -101,7 +104,7 @@ class _Timed:
     flops: float
 
 
-def profile(model_name, batch, steps, warmup, inference=False):
+def profile(model_name, batch, steps, warmup, inference=False, model_kwargs=None):
     import kernels
     import minivit
     from kernels import registry
@@ -120,7 +123,7 @@ def profile(model_name, batch, steps, warmup, inference=False):
     kernels.get = registry.get = get
     try:
         minivit.manual_seed(0)
-        model = minivit.create_model(model_name)
+        model = minivit.create_model(model_name, **(model_kwargs or {}))
         cfg = model.config
         opt = minivit.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
         rng = numpy.random.default_rng(0)
@@ -188,8 +191,10 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--markdown", action="store_true")
     p.add_argument("--inference", action="store_true", help="profile a forward pass without gradients instead")
+    p.add_argument("--model-kwargs", type=json.loads, default={}, help="JSON object of create_model options")
     args = p.parse_args(argv)
-    prof, totals, selection = profile(args.model, args.batch_size, args.steps, args.warmup, args.inference)
+    prof, totals, selection = profile(args.model, args.batch_size, args.steps, args.warmup, args.inference,
+                                      args.model_kwargs)
     report(args.model, args.batch_size, prof, totals, selection, args.markdown)
 
 

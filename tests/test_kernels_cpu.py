@@ -124,6 +124,54 @@ def test_linear_forward_and_backward_match_float64_reference(name, dtype, lead, 
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@SETTINGS
+@given(M=st.integers(1, 40), Din=dim, Dout=dim, bias=st.booleans(), chunks=st.integers(1, 5),
+       transposed=st.booleans(), seed=seeds)
+def test_linear_v2_blocks_of_rows_match_the_reference(dtype, M, Din, Dout, bias, chunks, transposed, seed):
+    """cpu_v2 cuts its products into blocks of rows only from 16 MFLOP, which the drawn shapes above
+    never reach: here the blocks (up to 5, more than the rows at times), and the transposed dw
+    orientation, are forced on small shapes."""
+    if transposed:  # a shape for which dw is computed as (x.T @ g).T
+        Din = max(Din, Dout + 1)
+        M = max(M, 4 * Din)
+    x = normal(seed, (M, Din))
+    w = normal(seed + 1, (Dout, Din), Din**-0.5)
+    b = normal(seed + 2, (Dout,)) if bias else None
+    saved = dense._v2_chunks, dense._DW_PARTS
+    dense._v2_chunks, dense._DW_PARTS = (lambda M, Din, Dout: min(chunks, M)), (1 if transposed else saved[1])
+    try:
+        run_pair("linear", "cpu_v2", dtype, (x, w, b), seed=seed)
+    finally:
+        dense._v2_chunks, dense._DW_PARTS = saved
+
+
+def test_linear_v2_gradients_are_bitwise_the_same_on_any_number_of_blocks(monkeypatch):
+    """dw and db are summed over a fixed number of row blocks (_DW_PARTS), not one per thread, so a
+    machine with more cores gives the same bits; dx's rows are each one product, in any block."""
+    rng = np.random.default_rng(0)
+    x, w, b = (rng.standard_normal(s).astype(np.float32) for s in ((300, 24), (40, 24), (40,)))
+    g = rng.standard_normal((300, 40)).astype(np.float32)
+    results = []
+    for chunks in (1, 2, 3, 7):
+        monkeypatch.setattr(dense, "_v2_chunks", lambda M, Din, Dout, c=chunks: c)
+        y, cache = dense.linear_v2_forward(x, w, b)
+        results.append((y, *dense.linear_v2_backward(g, cache)))
+    for other in results[1:]:
+        for got, want in zip(other, results[0]):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_linear_v2_mixed_dtypes_take_the_blas_path():
+    x = np.ones((3, 4), np.float32)
+    w = np.ones((5, 4), np.float64)
+    y, cache = dense.linear_v2_forward(x, w, None)
+    assert y.dtype == np.float64 and not isinstance(cache[0], str)  # cpu_blas's cache, not v2's
+    dx, dw, db = dense.linear_v2_backward(np.ones((3, 5)), cache)
+    np.testing.assert_allclose(dw, np.full((5, 4), 3.0))
+    assert db is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", impls("patch_embed"))
 @SETTINGS
 @given(B=st.integers(1, 3), C=st.integers(1, 4), P=st.integers(1, 5), gh=st.integers(1, 4), gw=st.integers(1, 4),

@@ -21,6 +21,13 @@ Versions (the backward is two more products of the forward's size):
                Numba prange passes (above 65536 elements; NumPy below, where waking threads costs
                more). A first matmul version looping np.dot over the batch inside Numba measured
                0.67x the reference on the attention-score shape and was dropped.
+    linear cpu_v2  cpu_blas's products called from inside Numba: a prange over blocks of rows, one
+               per thread, each block's product by np.dot (Numba routes it to SciPy's OpenBLAS, held
+               at one thread while the kernel runs, as attention's v4 does) and then, in the forward,
+               its bias add while those rows are still in cache. The backward's dw and db are four
+               partial sums over fixed blocks of rows (added in order afterwards; db's in float64), so
+               their bits do not depend on the thread count. 1.02-1.18x cpu_blas's training step at
+               the one-hour recipe's shapes, 0.97-1.07x at 65 tokens (below).
     patch_embed cpu_v1: a Numba patchify (one pass, prange over (image, patch row)) in place of the
                reference's 6-D reshape/transpose copy, around one BLAS matmul; the backward is the
                mirror-image unpatchify. The patchify alone is 2x faster (0.45 vs 0.86 ms, median
@@ -56,6 +63,26 @@ Defaults (the table in kernels/registry.py): matmul and linear cpu_blas, equal t
 within the noise except the long-reduction backward products, 2-3x faster there (qkv + fc1 + fc2,
 forward + backward: 735 -> 602 ms); cpu_naive and cpu_tiled stay slower than the reference and
 are here to be read. patch_embed keeps the reference: cpu_v1 gives no measurable gain.
+
+linear cpu_v2, 2026-12-08, 2-core AMD EPYC (family 25 model 17, Zen 4, AVX-512 at half width),
+NumPy's OpenBLAS 0.3.31 on SkylakeX kernels, SciPy 1.17's OpenBLAS, PyTorch imported first. Why:
+inside a training step cpu_blas's products ran at 125-133 GFLOP/s (`python
+benchmarks/profile_step.py --model-kwargs ...` at the one-hour recipe's shapes, 32 and 16 px with
+patch dropout), where the same products alone reach 145-195 (benchmarks/linear_shapes.py). One
+product of the recipe's qkv shape (4096 x 128 @ 128 x 384), taking turns in one process, medians of
+41: cpu_blas's forward 146-159 GFLOP/s, the same product split into two blocks inside a Numba prange
+172-186 (after a 2 ms sleep, the cold case: 146-156 against 164-176); so cpu_blas lost about 15%
+handing its second block to a Python pool thread that sleeps between products, where Numba's TBB
+worker is still awake from the kernel before. More blocks than threads (8, 16) were no faster.
+In a whole training step, cpu_blas and cpu_v2 taking turns in one process (`python
+benchmarks/impl_step.py --op linear --impls cpu_blas,cpu_v2 --rounds 9`, three runs; ratio =
+cpu_blas's ms / cpu_v2's): the recipe's model at 32 px 1.12, 1.11, 1.02; at 16 px 1.13, 1.09, 1.18;
+vit_mini (65 tokens) 1.04, 0.97, 1.07; vit_cifar 1.00, 0.99, 1.03. A forward pass without gradients
+(`--inference`, two runs): 1.07 / 1.02, 1.02 / 1.02, 1.08 / 1.07, 1.21 / 1.13 in the same order.
+Per-op profile at the recipe's shapes (benchmarks/profile_step.py --steps 10, one process each, one
+after the other): the linear forward from 126 to 155 GFLOP/s at 32 px and from 115 to 159 at 16 px,
+the backward from 126 to 137 and from 117 to 153; the whole step 222.2 -> 188.7 ms and 61.7 -> 45.7
+ms. The CPU default since 2026-12-08 (benchmarks/results/README.md has the files).
 """
 
 import numpy as np
@@ -271,6 +298,96 @@ linear_tiled_forward, linear_tiled_backward = _make_linear(_mm2(_tiled))
 linear_blas_forward, linear_blas_backward = _make_linear(_blas)  # OpenBLAS, no copies of x or grad
 
 
+# ---------------------------------------------------------------- linear cpu_v2: products inside Numba
+_DW_PARTS = 4  # dw and db are summed over this many row blocks on any thread count: bitwise the same everywhere
+
+
+@njit(parallel=True, cache=True)
+def _linear_v2_fwd(x, wt, b, y, chunks):
+    """y = x @ wt + b, x (M, Din), wt (Din, Dout) (w.T, a view), y (M, Dout); b (Dout,) or (0,) for
+    none. One task per block of rows: its product (np.dot: SciPy's BLAS, one thread) and then its
+    bias add while those rows are still in cache."""
+    M, Dout = y.shape
+    for c in prange(chunks):
+        lo, hi = c * M // chunks, (c + 1) * M // chunks
+        yc = y[lo:hi]
+        np.dot(x[lo:hi], wt, yc)
+        if b.shape[0]:
+            for i in range(hi - lo):
+                for j in range(Dout):
+                    yc[i, j] += b[j]
+
+
+@njit(parallel=True, cache=True)
+def _linear_v2_bwd(g, x, w, dx, dw_parts, db_parts, chunks, transposed):
+    """dx = g @ w by blocks of rows; dw = g.T @ x and db = colsum(g) as P partial sums over P
+    blocks of rows (dw_parts (P, Dout, Din), or (P, Din, Dout) when `transposed`: x.T @ g, the
+    orientation OpenBLAS runs faster for a long reduction into a wide output); db_parts (P, Dout)
+    float64, or (P, 0) for no bias. g (M, Dout), x (M, Din), w (Dout, Din)."""
+    M, Dout = g.shape
+    for c in prange(chunks):
+        lo, hi = c * M // chunks, (c + 1) * M // chunks
+        np.dot(g[lo:hi], w, dx[lo:hi])
+    P = dw_parts.shape[0]
+    for c in prange(P):
+        lo, hi = c * M // P, (c + 1) * M // P
+        if transposed:
+            np.dot(x[lo:hi].T, g[lo:hi], dw_parts[c])
+        else:
+            np.dot(g[lo:hi].T, x[lo:hi], dw_parts[c])
+        if db_parts.shape[1]:
+            part = db_parts[c]
+            for i in range(lo, hi):
+                for j in range(Dout):
+                    part[j] += g[i, j]
+
+
+def _v2_chunks(M, Din, Dout):
+    """Blocks of rows for the products: one per thread from 16 MFLOP (threads._SPLIT_FROM), else one."""
+    if 2 * M * Din * Dout < threads._SPLIT_FROM:
+        return 1
+    return max(1, min(threads.num_threads(), M))
+
+
+def _v2_dtype(x, w, b):
+    """float32 or float64 when x, w (and b) share it, else None (cpu_blas's path then)."""
+    dtype = np.result_type(x, w) if b is None else np.result_type(x, w, b)
+    return dtype if dtype in (np.float32, np.float64) and x.dtype == w.dtype == dtype else None
+
+
+def linear_v2_forward(x, w, b):
+    if _v2_dtype(x, w, b) is None:
+        return linear_blas_forward(x, w, b)
+    x2 = _c(x.reshape(-1, x.shape[-1]))  # (M, Din)
+    w = _c(w)
+    M, (Dout, Din) = x2.shape[0], w.shape
+    y = np.empty((M, Dout), dtype=x2.dtype)
+    bias = np.empty(0, dtype=y.dtype) if b is None else _c(b.astype(y.dtype, copy=False))
+    with threads.single_threaded_blas(which="scipy"):
+        _linear_v2_fwd(x2, w.T, bias, y, _v2_chunks(M, Din, Dout))
+    return y.reshape(x.shape[:-1] + (Dout,)), ("v2", (x, w, b is not None))
+
+
+def linear_v2_backward(grad, cache):
+    if not isinstance(cache[0], str):  # cpu_blas ran the forward (mixed or other dtypes): its cache (x, w, has_bias)
+        return linear_blas_backward(grad, cache)
+    x, w, has_bias = cache[1]
+    x2 = _c(x.reshape(-1, x.shape[-1]))  # (M, Din)
+    g2 = _c(grad.reshape(-1, grad.shape[-1]).astype(x2.dtype, copy=False))  # (M, Dout)
+    M, (Dout, Din) = x2.shape[0], w.shape
+    P = min(_DW_PARTS, M)
+    transposed = Dout < Din and M // P >= 4 * Din  # as _blas: C^T = x.T @ g for this shape
+    dx = np.empty((M, Din), dtype=x2.dtype)
+    dw_parts = np.empty((P,) + ((Din, Dout) if transposed else (Dout, Din)), dtype=x2.dtype)
+    db_parts = np.zeros((P, Dout if has_bias else 0))
+    with threads.single_threaded_blas(which="scipy"):
+        _linear_v2_bwd(g2, x2, w, dx, dw_parts, db_parts, _v2_chunks(M, Din, Dout), transposed)
+    dw = dw_parts.sum(axis=0)  # the P blocks added in order
+    dw = np.ascontiguousarray(dw.T) if transposed else dw
+    db = db_parts.sum(axis=0).astype(x2.dtype) if has_bias else None
+    return dx.reshape(x.shape), dw, db
+
+
 # ---------------------------------------------------------------- patch embedding
 @njit(parallel=True, cache=True)
 def _patchify(x, P, out):
@@ -339,5 +456,8 @@ register("linear", "cpu_tiled", linear_tiled_forward, linear_tiled_backward,
          description="Numba: 2x2-blocked fastmath dot products (x and w both run along Din)")
 register("linear", "cpu_blas", linear_blas_forward, linear_blas_backward,
          description="OpenBLAS, oriented dw product + Numba prange bias add and bias-grad sum")
+register("linear", "cpu_v2", linear_v2_forward, linear_v2_backward,
+         description="Numba task per block of rows calling BLAS (SciPy's, one thread), bias add fused; "
+                     "dw and db as 4 partial sums")
 register("patch_embed", "cpu_v1", patch_embed_forward, patch_embed_backward,
          description="Numba one-pass prange patchify/unpatchify around one BLAS matmul")
