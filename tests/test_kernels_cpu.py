@@ -161,6 +161,14 @@ def test_linear_v2_gradients_are_bitwise_the_same_on_any_number_of_blocks(monkey
             np.testing.assert_array_equal(got, want)
 
 
+def test_linear_v2_empty_batch_gives_empty_outputs_and_zero_gradients():
+    x, w, b = np.ones((0, 4), np.float32), np.ones((5, 4), np.float32), np.ones(5, np.float32)
+    y, cache = dense.linear_v2_forward(x, w, b)
+    assert y.shape == (0, 5)
+    dx, dw, db = dense.linear_v2_backward(np.ones((0, 5), np.float32), cache)
+    assert dx.shape == (0, 4) and not dw.any() and not db.any() and dw.shape == (5, 4)
+
+
 def test_linear_v2_mixed_dtypes_take_the_blas_path():
     x = np.ones((3, 4), np.float32)
     w = np.ones((5, 4), np.float64)

@@ -62,11 +62,12 @@ move by 20%; medians, implementations timed in turns:
 Defaults (the table in kernels/registry.py): matmul and linear cpu_blas, equal to the reference
 within the noise except the long-reduction backward products, 2-3x faster there (qkv + fc1 + fc2,
 forward + backward: 735 -> 602 ms); cpu_naive and cpu_tiled stay slower than the reference and
-are here to be read. patch_embed keeps the reference: cpu_v1 gives no measurable gain.
+are here to be read. patch_embed keeps the reference: cpu_v1 gives no measurable gain. (Since
+2026-12-08 linear's default is cpu_v2, below.)
 
 linear cpu_v2, 2026-12-08, 2-core AMD EPYC (family 25 model 17, Zen 4, AVX-512 at half width),
 NumPy's OpenBLAS 0.3.31 on SkylakeX kernels, SciPy 1.17's OpenBLAS, PyTorch imported first. Why:
-inside a training step cpu_blas's products ran at 125-133 GFLOP/s (`python
+inside a training step cpu_blas's products ran at 115-126 GFLOP/s (`python
 benchmarks/profile_step.py --model-kwargs ...` at the one-hour recipe's shapes, 32 and 16 px with
 patch dropout), where the same products alone reach 145-195 (benchmarks/linear_shapes.py). One
 product of the recipe's qkv shape (4096 x 128 @ 128 x 384), taking turns in one process, medians of
@@ -356,7 +357,7 @@ def _v2_dtype(x, w, b):
 
 
 def linear_v2_forward(x, w, b):
-    if _v2_dtype(x, w, b) is None:
+    if _v2_dtype(x, w, b) is None or x.size == 0 or w.size == 0:  # cpu_blas's path: nothing to gain
         return linear_blas_forward(x, w, b)
     x2 = _c(x.reshape(-1, x.shape[-1]))  # (M, Din)
     w = _c(w)
