@@ -40,37 +40,18 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     import kernels
-    import minivit
     from minivit.train import runinfo
+    from profile_step import make_step  # beside this file: the same step the profile times
 
     info = runinfo.describe()
     print(json.dumps({k: info[k] for k in ("started_at", "minivit_source", "cpu", "blas", "env",
                                            "load_average_1min_at_start")}))
     impls = args.impls.split(",")
-    data = np.random.default_rng(0)
     print(f"{'setup':12s} " + " ".join(f"{i + ' ms':>12s}" for i in impls) + "  " +
           " ".join(f"{i + ' x first':>16s}" for i in impls[1:]))
     for setup in args.setups.split(","):
         name, options = SETUPS[setup]
-        minivit.manual_seed(0)
-        model = minivit.create_model(name, **options)
-        cfg = model.config
-        opt = minivit.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
-        x = data.standard_normal((args.batch_size, 3, cfg.img_size, cfg.img_size), dtype=np.float32)
-        y = data.integers(0, 10, args.batch_size)
-
-        if args.inference:
-            model.eval()
-
-        def step():
-            if args.inference:
-                with minivit.no_grad():
-                    model(x)
-                return
-            minivit.functional.cross_entropy(model(x), y, label_smoothing=0.1).backward()
-            opt.step()
-            opt.zero_grad()
-
+        step = make_step(name, args.batch_size, args.inference, options)
         times = {i: [] for i in impls}
         for impl in impls:  # warm-up: compilation, memory
             with kernels.use(**{args.op: impl}):

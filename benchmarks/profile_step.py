@@ -104,9 +104,36 @@ class _Timed:
     flops: float
 
 
+def make_step(model_name, batch, inference=False, model_kwargs=None):
+    """A function that runs one step of a fresh model (seed 0) on fixed random images: forward + loss
+    (label smoothing 0.1) + backward + AdamW + zero_grad, or with `inference` a forward pass without
+    gradients in eval mode. benchmarks/impl_step.py times the same step."""
+    import minivit
+
+    minivit.manual_seed(0)
+    model = minivit.create_model(model_name, **(model_kwargs or {}))
+    cfg = model.config
+    opt = minivit.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    rng = numpy.random.default_rng(0)
+    x = rng.standard_normal((batch, cfg.in_chans, cfg.img_size, cfg.img_size), dtype=numpy.float32)
+    y = rng.integers(0, cfg.num_classes, batch)
+    if inference:
+        model.eval()  # no dropout or patch dropout in a forward pass without gradients
+
+    def step():
+        if inference:
+            with minivit.no_grad():
+                model(x)
+            return
+        minivit.functional.cross_entropy(model(x), y, label_smoothing=0.1).backward()
+        opt.step()
+        opt.zero_grad()
+
+    return step
+
+
 def profile(model_name, batch, steps, warmup, inference=False, model_kwargs=None):
     import kernels
-    import minivit
     from kernels import registry
 
     prof = Profile()
@@ -122,23 +149,7 @@ def profile(model_name, batch, steps, warmup, inference=False, model_kwargs=None
 
     kernels.get = registry.get = get
     try:
-        minivit.manual_seed(0)
-        model = minivit.create_model(model_name, **(model_kwargs or {}))
-        cfg = model.config
-        opt = minivit.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
-        rng = numpy.random.default_rng(0)
-        x = rng.standard_normal((batch, cfg.in_chans, cfg.img_size, cfg.img_size), dtype=numpy.float32)
-        y = rng.integers(0, cfg.num_classes, batch)
-
-        def step():
-            if inference:
-                with minivit.no_grad():
-                    model(x)
-                return
-            minivit.functional.cross_entropy(model(x), y, label_smoothing=0.1).backward()
-            opt.step()
-            opt.zero_grad()
-
+        step = make_step(model_name, batch, inference, model_kwargs)
         for _ in range(warmup):
             step()
         totals = []
